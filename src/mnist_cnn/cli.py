@@ -1,0 +1,223 @@
+"""The ``mnist-cnn`` command line: parse flags, choose the backend, call the library.
+
+Keras is imported only after the flags are read, because the backend must be fixed first.
+Errors a user can fix print one line and exit 2; --debug shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from mnist_cnn import __version__
+from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND, MODEL_VARIANTS, OPTIMIZERS, ExperimentConfig
+from mnist_cnn.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (not the whole usage) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    keys = tuple(part.strip().upper() for part in text.split(",") if part.strip())
+    unknown = [key for key in keys if key not in MODEL_VARIANTS]
+    if not keys or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(MODEL_VARIANTS)}, comma-separated (e.g. A,B)")
+    return keys
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = ExperimentConfig()
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="epochs per model (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="random seed for weights and shuffling (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<timestamp>)")
+    parser.add_argument(
+        "--data",
+        default=defaults.data,
+        help="MNIST source: auto, keras, bundled, an .npz in the Keras layout, or a folder of IDX files (default: %(default)s)",
+    )
+    parser.add_argument("--limit", type=positive_int, default=None, help="train on only the first N images, for a quick smoke run (default: all)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="optimizer (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--steps-per-execution",
+        type=positive_int,
+        default=defaults.steps_per_execution,
+        help="training steps per compiled call; same results, less overhead (default: %(default)s)",
+    )
+    add_backend_flag(parser)
+
+
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_BACKEND}, the fastest measured here)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="mnist-cnn", description="Train, compare and serve small CNNs for MNIST digits.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    experiment = commands.add_parser("experiment", help="the whole specification: train, compare and predict with Model_A and Model_B")
+    experiment.add_argument("--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)")
+    add_training_flags(experiment)
+
+    train = commands.add_parser("train", help="train one model into a run folder")
+    train.add_argument("--model", type=model_list, required=True, help="A or B")
+    add_training_flags(train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's saved models on the test set")
+    evaluate.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    evaluate.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
+    add_backend_flag(evaluate)
+
+    predict = commands.add_parser("predict", help="predict test-set digits with a run's saved models")
+    predict.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    predict.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2], help="test-set indices (default: 0 1 2)")
+    predict.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
+    add_backend_flag(predict)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig:
+    models = args.models if args.command == "experiment" else args.model
+    return ExperimentConfig(
+        models=models,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        data=args.data,
+        limit=args.limit,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        steps_per_execution=args.steps_per_execution,
+        backend=backend,
+    )
+
+
+def command_experiment(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.experiment import run_experiment
+    from mnist_cnn.runs import new_run_dir
+
+    config = config_from_args(args, backend)
+    run_experiment(config, args.out or new_run_dir())
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.evaluation import evaluate_model
+    from mnist_cnn.experiment import load_run_models, run_config
+
+    config = run_config(args.run_dir)
+    models = load_run_models(args.run_dir)
+    splits = load_mnist(args.data or config.data, config.validation_size)
+    results = {name: evaluate_model(model, splits.X_test, splits.y_test) for name, model in models.items()}
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, values in results.items():
+            print(f"{name}: test accuracy {values['test_accuracy']:.4f}, test loss {values['test_loss']:.4f} ({len(splits.X_test)} images)")
+    return 0
+
+
+def command_predict(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.experiment import load_run_models, predict_test_images, run_config
+
+    config = run_config(args.run_dir)
+    models = load_run_models(args.run_dir)
+    splits = load_mnist(args.data or config.data, config.validation_size)
+    result = predict_test_images(models, splits, args.index)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for position, index in enumerate(result["indices"]):
+        print(f"X_test[{index}] true {result['true_labels'][position]}")
+        for name, answers in result["predictions"].items():
+            answer = answers[position]
+            top = ", ".join(f"{item['digit']} {item['probability']:.1%}" for item in answer["top"])
+            print(f"  {name}: {answer['digit']} ({answer['probability']:.1%}); top 3: {top}")
+    return 0
+
+
+COMMANDS: dict[str, Any] = {
+    "experiment": command_experiment,
+    "train": command_experiment,
+    "evaluate": command_evaluate,
+    "predict": command_predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from mnist_cnn.environment import select_backend
+
+        backend = select_backend(args.backend)
+        return COMMANDS[args.command](args, backend)
+    except KeyboardInterrupt:
+        print("mnist-cnn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, ValueError) as error:
+        if args.debug:
+            raise
+        print(f"mnist-cnn: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"mnist-cnn: unexpected {error.__class__.__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""What an experiment runs: the defaults of the specification, and the named model variants.
+
+Like flax's examples, variants override only what differs: Model_A and Model_B are the
+same builder with a different number of convolution filters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# The backend measured fastest for the whole seed protocol on the reference machine
+# (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
+DEFAULT_BACKEND = "tensorflow"
+BACKENDS = ("tensorflow", "jax", "torch")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A named variant of the CNN: everything `models.build_cnn` needs besides defaults."""
+
+    key: str
+    name: str
+    filters: int
+    kernel_size: int = 3
+    dense_units: tuple[int, ...] = (200, 100)
+
+
+MODEL_VARIANTS: dict[str, ModelSpec] = {
+    "A": ModelSpec(key="A", name="Model_A", filters=32),
+    "B": ModelSpec(key="B", name="Model_B", filters=64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of a run; saved to config.json so a run can be reproduced and reloaded."""
+
+    models: tuple[str, ...] = ("A", "B")
+    epochs: int = 60
+    batch_size: int = 32
+    seed: int = 42
+    data: str = "auto"
+    limit: int | None = None
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    validation_size: int = 6000
+    # Steps run per call of the compiled train function. It changes nothing in the maths
+    # (same batches, same order, same updates) and cuts per-step overhead.
+    steps_per_execution: int = 64
+    backend: str = DEFAULT_BACKEND
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["models"] = list(self.models)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"config has unknown settings {unknown}; it was written by a newer "
+                "mnist-cnn: upgrade mnist-cnn to read it"
+            )
+        values = dict(values)
+        if "models" in values:
+            values["models"] = tuple(values["models"])
+        return cls(**values)
+
+    def model_specs(self) -> list[ModelSpec]:
+        return [MODEL_VARIANTS[key] for key in self.models]
+
+
+def validate_config(config: ExperimentConfig) -> None:
+    """Raise ValueError with a message a user can act on when a setting is out of range."""
+    if not config.models:
+        raise ValueError("no models chosen: use --models A, B or A,B")
+    for key in config.models:
+        if key not in MODEL_VARIANTS:
+            raise ValueError(
+                f"unknown model {key!r}: choose from {', '.join(MODEL_VARIANTS)} (e.g. --models A,B)"
+            )
+    if len(set(config.models)) != len(config.models):
+        raise ValueError(f"a model is named twice in --models {','.join(config.models)}")
+    _require_positive("epochs", config.epochs)
+    _require_positive("batch size", config.batch_size)
+    _require_positive("steps per execution", config.steps_per_execution)
+    if config.limit is not None:
+        _require_positive("limit", config.limit)
+    if not 0 < config.validation_size < 60000:
+        raise ValueError(f"validation size must be between 1 and 59999, got {config.validation_size}")
+    if config.seed < 0:
+        raise ValueError(f"seed must be 0 or more, got {config.seed}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning rate must be positive, got {config.learning_rate}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    if config.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {config.backend!r}: choose from {', '.join(BACKENDS)}")
+
+
+def _require_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value}")

@@ -1,0 +1,140 @@
+"""Figures and tables a person reads: learning curves, the A-vs-B comparison, predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: runs happen on machines with no screen.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mnist_cnn.runs import atomic_path, write_json, write_text  # noqa: E402
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def save_figure(figure: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
+    plt.close(figure)
+
+
+def column(history: list[dict[str, float]], name: str) -> list[float]:
+    return [row[name] for row in history]
+
+
+def plot_learning_curves(history: list[dict[str, float]], model_name: str, folder: Path) -> list[Path]:
+    """loss.png and accuracy.png: train and validation against epoch for one model."""
+    epochs = column(history, "epoch")
+    written = []
+    for metric, label in (("loss", "loss (cross-entropy)"), ("accuracy", "accuracy")):
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.plot(epochs, column(history, metric), marker=".", label="train")
+        axis.plot(epochs, column(history, f"val_{metric}"), marker=".", label="validation")
+        axis.set(title=f"{model_name}: {metric} per epoch", xlabel="epoch", ylabel=label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+        path = folder / f"{metric}.png"
+        save_figure(figure, path)
+        written.append(path)
+    return written
+
+
+def plot_comparison(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """One figure overlaying every model's loss and accuracy (solid train, dashed validation)."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for color, (name, history) in zip(COLORS, histories.items()):
+        epochs = column(history, "epoch")
+        for axis, metric in zip(axes, ("loss", "accuracy")):
+            axis.plot(epochs, column(history, metric), color=color, label=f"{name} train")
+            axis.plot(epochs, column(history, f"val_{metric}"), color=color, linestyle="--", label=f"{name} validation")
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    save_figure(figure, path)
+
+
+def comparison_rows(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The Model_A-vs-Model_B table as data: one entry per model, plus B/A ratios."""
+    table: dict[str, Any] = {"models": metrics}
+    names = list(metrics)
+    if len(names) == 2:
+        first, second = (metrics[name] for name in names)
+        table["second_vs_first"] = {
+            "first": names[0],
+            "second": names[1],
+            "training_time_ratio": second["training_seconds"] / first["training_seconds"],
+            "seconds_per_epoch_ratio": second["seconds_per_epoch_median"] / first["seconds_per_epoch_median"],
+            "inference_time_ratio": second["inference_ms_per_image_batched"] / first["inference_ms_per_image_batched"],
+            "test_accuracy_difference": second["test_accuracy"] - first["test_accuracy"],
+            "parameter_ratio": second["parameters"] / first["parameters"],
+        }
+    return table
+
+
+TABLE_ROWS = (
+    ("parameters", "Parameters", "{:,}"),
+    ("test_accuracy", "Test accuracy", "{:.4f}"),
+    ("test_loss", "Test loss", "{:.4f}"),
+    ("best_val_accuracy", "Best validation accuracy", "{:.4f}"),
+    ("best_val_epoch", "Epoch of best validation accuracy", "{}"),
+    ("epochs", "Epochs", "{}"),
+    ("training_seconds", "Training time (s)", "{:.1f}"),
+    ("seconds_per_epoch_median", "Seconds per epoch (median)", "{:.2f}"),
+    ("inference_ms_per_image_batched", "Inference per image, batched (ms)", "{:.4f}"),
+    ("inference_ms_single_image", "Inference, one image alone (ms)", "{:.2f}"),
+)
+
+
+def comparison_markdown(table: dict[str, Any]) -> str:
+    metrics = table["models"]
+    names = list(metrics)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label, fmt in TABLE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(metrics[name][key]) for name in names) + " |")
+    ratios = table.get("second_vs_first")
+    if ratios:
+        pair = f"{ratios['second']}/{ratios['first']}"
+        lines += [
+            "",
+            f"- Training time ratio {pair}: {ratios['training_time_ratio']:.2f}x "
+            f"(per epoch {ratios['seconds_per_epoch_ratio']:.2f}x, parameters {ratios['parameter_ratio']:.2f}x)",
+            f"- Inference time ratio {pair}: {ratios['inference_time_ratio']:.2f}x",
+            f"- Test accuracy difference {ratios['second']} - {ratios['first']}: "
+            f"{ratios['test_accuracy_difference'] * 100:+.2f} percentage points",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(metrics: dict[str, dict[str, Any]], run_dir: Path, header: str = "") -> str:
+    table = comparison_rows(metrics)
+    text = comparison_markdown(table)
+    write_json(run_dir / "comparison.json", table)
+    write_text(run_dir / "comparison.md", f"# Model comparison\n\n{header}{text}")
+    return text
+
+
+def plot_predictions(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: list[int],
+    predictions: dict[str, list[dict[str, Any]]],
+    path: Path,
+) -> None:
+    """Each test image with its true label and every model's predicted digit and probability."""
+    figure, axes = plt.subplots(1, len(indices), figsize=(3.2 * len(indices), 3.8), squeeze=False)
+    for column_index, (axis, image_index) in enumerate(zip(axes[0], indices)):
+        axis.imshow(images[column_index].reshape(28, 28), cmap="gray_r")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        lines = [f"X_test[{image_index}]  true: {int(labels[column_index])}"]
+        for name, answers in predictions.items():
+            answer = answers[column_index]
+            mark = "ok" if answer["digit"] == int(labels[column_index]) else "WRONG"
+            lines.append(f"{name}: {answer['digit']} ({answer['probability']:.1%}) {mark}")
+        axis.set_title("\n".join(lines), fontsize=9)
+    save_figure(figure, path)
