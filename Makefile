@@ -1,0 +1,34 @@
+# The Quick start's two commands: `make experiment` and `make test`.
+# Both create .venv with the pinned dependencies on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup experiment smoke test bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The full seed experiment: Model_A and Model_B, 60 epochs each, into runs/<timestamp>/.
+experiment: $(STAMP)
+	$(BIN)/mnist-cnn experiment $(ARGS)
+
+## A one-minute end-to-end run on 600 images, 2 epochs.
+smoke: $(STAMP)
+	$(BIN)/mnist-cnn experiment --limit 600 --epochs 2 --out runs/smoke $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_speed.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs/smoke
