@@ -13,6 +13,7 @@ def test_experiment_writes_every_artifact(smoke_run: Path) -> None:
     config = json.loads((smoke_run / "config.json").read_text())
     assert config["config"]["epochs"] == SMOKE_EPOCHS and config["config"]["limit"] == SMOKE_LIMIT
     assert config["config"]["seed"] == 42
+    assert config["environment"]["backend"] == "jax" and config["trainer_used"] == "fused"
     assert config["environment"]["libraries"]["keras"].startswith("3.")
     assert config["environment"]["cpu_count"] >= 1
     for name, parameters in (("Model_A", 1_103_230), ("Model_B", 2_185_150)):
@@ -63,6 +64,16 @@ def test_train_writes_one_model(tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "Model_A").exists()
 
 
+def test_the_model_fit_path_on_tensorflow_also_runs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "tf"
+    result = run_cli("train", "--model", "A", "--backend", "tensorflow", "--limit", "128", "--epochs", "2", "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["environment"]["backend"] == "tensorflow" and config["trainer_used"] == "keras"
+    history = (run_dir / "Model_A" / "history.csv").read_text().splitlines()
+    assert len(history) == 3
+
+
 def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], str]]:
     not_a_run = tmp_path / "empty"
     not_a_run.mkdir()
@@ -80,6 +91,7 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (["experiment", "--batch-size", "-4"], "must be at least 1"),
         (["experiment", "--models", "A,C"], "choose from A, B"),
         (["experiment", "--colour", "red"], "unrecognized arguments"),
+        (["experiment", "--backend", "tensorflow", "--trainer", "fused"], "needs the JAX backend"),
         (["experiment", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "r")], "does not exist"),
         (["evaluate", str(tmp_path / "missing-run")], "does not exist"),
         (["evaluate", str(not_a_run)], "not a run folder"),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mnist_cnn import __version__
-from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND, MODEL_VARIANTS, OPTIMIZERS, ExperimentConfig
+from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND, MODEL_VARIANTS, OPTIMIZERS, TRAINERS, ExperimentConfig
 from mnist_cnn.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -83,7 +83,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         "--steps-per-execution",
         type=positive_int,
         default=defaults.steps_per_execution,
-        help="training steps per compiled call; same results, less overhead (default: %(default)s)",
+        help="model.fit steps per compiled call; same results, less overhead (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default=defaults.trainer,
+        help="training path: fused (compiled JAX step, the fastest here), keras (model.fit), "
+        "auto (fused on JAX, else keras) (default: %(default)s)",
     )
     add_backend_flag(parser)
 
@@ -139,6 +146,7 @@ def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig
         learning_rate=args.learning_rate,
         steps_per_execution=args.steps_per_execution,
         backend=backend,
+        trainer=args.trainer,
     )
 
 

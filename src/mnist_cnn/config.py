@@ -11,9 +11,12 @@ from typing import Any
 
 # The backend measured fastest for the whole seed protocol on the reference machine
 # (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
-DEFAULT_BACKEND = "tensorflow"
+DEFAULT_BACKEND = "jax"
 BACKENDS = ("tensorflow", "jax", "torch")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+# "fused": the compiled JAX training step of fused.py (JAX backend only); "keras": model.fit;
+# "auto": fused on JAX, model.fit on the other backends.
+TRAINERS = ("auto", "fused", "keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ExperimentConfig:
     # (same batches, same order, same updates) and cuts per-step overhead.
     steps_per_execution: int = 64
     backend: str = DEFAULT_BACKEND
+    trainer: str = "auto"
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -72,6 +76,12 @@ class ExperimentConfig:
         if "models" in values:
             values["models"] = tuple(values["models"])
         return cls(**values)
+
+    def resolved_trainer(self) -> str:
+        """The training path this config really uses (``auto`` picks by backend)."""
+        if self.trainer == "auto":
+            return "fused" if self.backend == "jax" else "keras"
+        return self.trainer
 
     def model_specs(self) -> list[ModelSpec]:
         return [MODEL_VARIANTS[key] for key in self.models]
@@ -101,6 +111,10 @@ def validate_config(config: ExperimentConfig) -> None:
         raise ValueError(f"learning rate must be positive, got {config.learning_rate}")
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    if config.trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {config.trainer!r}: choose from {', '.join(TRAINERS)}")
+    if config.trainer == "fused" and config.backend != "jax":
+        raise ValueError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
     if config.backend not in BACKENDS:
         raise ValueError(f"unknown backend {config.backend!r}: choose from {', '.join(BACKENDS)}")
 

@@ -58,7 +58,12 @@ def run_experiment(config: ExperimentConfig, run_dir: Path, stream: TextIO = sys
 
 def run_record(config: ExperimentConfig) -> dict[str, Any]:
     """What config.json holds: the settings, and the software and hardware that ran them."""
-    return {"mnist_cnn_version": __version__, "config": config.to_dict(), "environment": describe_environment()}
+    return {
+        "mnist_cnn_version": __version__,
+        "config": config.to_dict(),
+        "trainer_used": config.resolved_trainer(),
+        "environment": describe_environment(),
+    }
 
 
 def seeded_model(spec: ModelSpec, config: ExperimentConfig) -> keras.Model:
@@ -162,7 +167,7 @@ def write_predictions(models: dict[str, keras.Model], splits: MnistSplits, run_d
 def comparison_header(config: ExperimentConfig, splits: MnistSplits) -> str:
     sizes = splits.sizes()
     return (
-        f"Backend {config.backend}, {config.epochs} epochs, batch {config.batch_size}, "
+        f"Backend {config.backend} ({config.resolved_trainer()} trainer), {config.epochs} epochs, batch {config.batch_size}, "
         f"{config.optimizer} (learning rate {config.learning_rate}), seed {config.seed}; "
         f"{sizes['train']} training, {sizes['valid']} validation, {sizes['test']} test images.\n\n"
     )

@@ -1,4 +1,8 @@
-"""Training with Keras's model.fit, plus the callbacks that time it and show where it is."""
+"""Training: Keras's model.fit or the fused JAX step, with the callbacks that time it and show where it is.
+
+Both paths call the same Keras callbacks' ``on_epoch_end(epoch, logs)`` with the same logs,
+so progress display and checkpoints work the same whichever trainer runs.
+"""
 
 from __future__ import annotations
 
@@ -110,12 +114,23 @@ def train_model(
     progress: ExperimentProgress | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainingResult:
-    """Fit ``model`` on the training split, validating on the held-out split every epoch."""
-    callbacks: list[keras.callbacks.Callback] = [EpochTimer()]
+    """Train ``model`` on the training split, validating on the held-out split every epoch."""
+    callbacks: list[keras.callbacks.Callback] = []
     if progress is not None:
         callbacks.append(ProgressLine(model.name, config.epochs, progress))
     callbacks.extend(extra_callbacks or [])
     start = time.perf_counter()
+    if config.resolved_trainer() == "fused":
+        history = fit_fused(model, splits, config, callbacks)
+    else:
+        history = fit_keras(model, splits, config, callbacks)
+    training_seconds = time.perf_counter() - start
+    return TrainingResult(history=history_rows(history), training_seconds=training_seconds)
+
+
+def fit_keras(
+    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, callbacks: list[keras.callbacks.Callback]
+) -> dict[str, list[float]]:
     fit_history = model.fit(
         splits.X_train,
         splits.y_train,
@@ -124,11 +139,29 @@ def train_model(
         validation_data=(splits.X_valid, splits.y_valid),
         validation_batch_size=VALIDATION_BATCH_SIZE,
         shuffle=True,
-        callbacks=callbacks,
+        callbacks=[EpochTimer(), *callbacks],
         verbose=0,
     )
-    training_seconds = time.perf_counter() - start
-    return TrainingResult(history=history_rows(fit_history.history), training_seconds=training_seconds)
+    return fit_history.history
+
+
+def fit_fused(
+    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, callbacks: list[keras.callbacks.Callback]
+) -> dict[str, list[float]]:
+    from mnist_cnn import fused  # Imports JAX: only on the JAX backend.
+
+    history: dict[str, list[float]] = {}
+    for callback in callbacks:
+        callback.set_model(model)
+
+    def on_epoch_end(epoch: int, logs: dict[str, float]) -> None:
+        for name, value in logs.items():
+            history.setdefault(name, []).append(value)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    fused.train_epochs(model, splits, config, first_epoch=0, on_epoch_end=on_epoch_end)
+    return history
 
 
 def history_rows(history: dict[str, list[float]]) -> list[dict[str, float]]:

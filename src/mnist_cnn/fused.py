@@ -1,0 +1,221 @@
+"""The fast training path: the same CNN, trained by one compiled JAX step per batch.
+
+Why it exists: on a 2-core CPU, Keras's ``model.fit`` spends most of each batch-32 step in
+per-op overhead and in slow max-pooling gradients, not in arithmetic (docs/performance.md).
+This module computes *the same function* as ``models.build_cnn`` with a formulation XLA
+runs well, trains it with the Keras optimizer's own stateless update, and writes the
+weights back into the Keras model, so everything after training (evaluation, the saved
+``.keras`` file, serving) is plain Keras.
+
+The formulation: a 3x3 'valid' convolution followed by 2x2 max-pooling reads, for each
+pooled pixel, one 4x4 window of the input (stride 2). So the four convolution outputs
+under one pooling window are one matrix product ``patches16 @ kernel16`` with
+``patches16`` (N*169, 16) and ``kernel16`` (16, 4*filters) (the 3x3 kernel placed at the
+four offsets of the 4x4 window), and pooling is a max over the four column groups.
+ReLU and the bias commute with that max (both are monotone, the bias is per channel),
+so they are applied after it, on a quarter of the values. Only the four-way max and its
+gradient are written by hand (``pool_max4``): XLA's generic max-pool gradient is the
+slowest op of the whole step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from mnist_cnn.config import ExperimentConfig
+from mnist_cnn.data import MnistSplits
+
+POOLED = 13  # (28 - 3 + 1) / 2
+EVAL_BATCH_SIZE = 1000
+
+
+def require_fusable(model: keras.Model) -> None:
+    """The fused path knows one architecture: conv 3x3 valid -> pool 2x2 -> flatten -> dense*."""
+    if keras.backend.backend() != "jax":
+        raise ValueError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
+    conv = model.get_layer("conv")
+    if conv.kernel_size != (3, 3) or conv.strides != (1, 1) or conv.padding != "valid" or model.input_shape[1:] != (28, 28, 1):
+        raise ValueError("the fused trainer supports only 3x3 stride-1 'valid' convolutions on 28x28x1 images: use --trainer keras")
+
+
+def patches16(images: jax.Array) -> jax.Array:
+    """(N, 28, 28, 1) -> (N*169, 16): the 4x4 stride-2 input window under each pooled pixel."""
+    pixels = images[..., 0]
+    count = pixels.shape[0]
+    windows = [pixels[:, row : row + 25 : 2, column : column + 25 : 2] for row in range(4) for column in range(4)]
+    return jnp.stack(windows, axis=-1).reshape(count * POOLED * POOLED, 16)
+
+
+def kernel16(kernel: jax.Array) -> jax.Array:
+    """(3, 3, 1, F) -> (16, 4F): the kernel at the 4 offsets of a 4x4 window, offset-major columns."""
+    taps = kernel[:, :, 0, :]
+    placed = [
+        jnp.pad(taps, ((row, 1 - row), (column, 1 - column), (0, 0))).reshape(16, -1)
+        for row in (0, 1)
+        for column in (0, 1)
+    ]
+    return jnp.concatenate(placed, axis=1)
+
+
+@jax.custom_vjp
+def pool_max4(values: jax.Array) -> jax.Array:
+    """(R, 4F) -> (R, F): the max over the four offset groups (= 2x2 max-pooling)."""
+    return values.reshape(values.shape[0], 4, -1).max(axis=1)
+
+
+def _pool_max4_forward(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    grouped = values.reshape(values.shape[0], 4, -1)
+    return grouped.max(axis=1), jnp.argmax(grouped, axis=1).astype(jnp.int8)
+
+
+def _pool_max4_backward(winner: jax.Array, gradient: jax.Array) -> tuple[jax.Array]:
+    # Like Keras's MaxPooling2D, the whole gradient goes to one winner per window.
+    chosen = winner[:, None, :] == jnp.arange(4, dtype=jnp.int8)[None, :, None]
+    spread = jnp.where(chosen, gradient[:, None, :], 0.0).reshape(gradient.shape[0], -1)
+    # The barrier stops XLA from fusing this select into the next matmul, which makes
+    # that matmul several times slower on CPU.
+    return (jax.lax.optimization_barrier(spread),)
+
+
+pool_max4.defvjp(_pool_max4_forward, _pool_max4_backward)
+
+
+def forward_logits(params: list[jax.Array], images: jax.Array) -> jax.Array:
+    """Pre-softmax outputs of the CNN for ``params`` in ``model.trainable_variables`` order."""
+    conv_kernel, conv_bias, *dense = params
+    count = images.shape[0]
+    pooled = pool_max4(patches16(images) @ kernel16(conv_kernel))
+    hidden = jax.nn.relu(pooled + conv_bias).reshape(count, -1)  # NHWC flatten order, as keras Flatten.
+    for index in range(0, len(dense) - 2, 2):
+        hidden = jax.nn.relu(hidden @ dense[index] + dense[index + 1])
+    return hidden @ dense[-2] + dense[-1]
+
+
+def batch_loss_and_correct(params: list[jax.Array], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean sparse categorical cross-entropy, and the number of correct predictions."""
+    logits = forward_logits(params, images)
+    log_probabilities = jax.nn.log_softmax(logits)
+    losses = -jnp.take_along_axis(log_probabilities, labels[:, None], axis=1)[:, 0]
+    correct = jnp.sum(jnp.argmax(logits, axis=1) == labels)
+    return jnp.mean(losses), correct
+
+
+def make_train_step(optimizer: keras.optimizers.Optimizer) -> Callable:
+    """One SGD step (or whatever optimizer the config names), compiled, updating in place."""
+
+    def train_step(params, optimizer_state, images, labels):
+        (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(params, images, labels)
+        params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
+        return params, optimizer_state, loss * labels.shape[0], correct
+
+    return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+@jax.jit
+def _evaluate_batch(params, images, labels):
+    loss, correct = batch_loss_and_correct(params, images, labels)
+    return loss * labels.shape[0], correct
+
+
+def evaluate_arrays(params: list[jax.Array], images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Loss and accuracy over a data set, in large batches."""
+    loss_total, correct_total = 0.0, 0
+    for start in range(0, len(images), EVAL_BATCH_SIZE):
+        loss, correct = _evaluate_batch(params, images[start : start + EVAL_BATCH_SIZE], labels[start : start + EVAL_BATCH_SIZE])
+        loss_total += float(loss)
+        correct_total += int(correct)
+    return loss_total / len(images), correct_total / len(images)
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The shuffled order of epoch ``epoch``: a function of (seed, epoch) only, so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+@dataclasses.dataclass
+class FusedState:
+    params: list[jax.Array]
+    optimizer_state: list[jax.Array]
+
+
+def read_state(model: keras.Model) -> FusedState:
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return FusedState(
+        params=[jnp.array(variable.value) for variable in model.trainable_variables],
+        optimizer_state=[jnp.array(variable.value) for variable in optimizer.variables],
+    )
+
+
+def write_state(model: keras.Model, state: FusedState) -> None:
+    """Put trained weights and optimizer state back into the Keras model (for saving, serving)."""
+    for variable, value in zip(model.trainable_variables, state.params):
+        variable.assign(value)
+    for variable, value in zip(model.optimizer.variables, state.optimizer_state):
+        variable.assign(value)
+
+
+def run_epoch(
+    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, order: np.ndarray, batch_size: int
+) -> tuple[FusedState, float, float]:
+    """One pass over the data in ``order`` (the last batch may be smaller, as in model.fit)."""
+    shuffled_images = images[order]
+    shuffled_labels = labels[order]
+    params, optimizer_state = state.params, state.optimizer_state
+    losses, corrects = [], []
+    for start in range(0, len(order), batch_size):
+        params, optimizer_state, loss, correct = step(
+            params,
+            optimizer_state,
+            shuffled_images[start : start + batch_size],
+            shuffled_labels[start : start + batch_size],
+        )
+        losses.append(loss)
+        corrects.append(correct)
+    total_loss = float(jnp.sum(jnp.stack(losses)))
+    total_correct = int(jnp.sum(jnp.stack(corrects)))
+    return FusedState(params, optimizer_state), total_loss / len(order), total_correct / len(order)
+
+
+def train_epochs(
+    model: keras.Model,
+    splits: MnistSplits,
+    config: ExperimentConfig,
+    first_epoch: int,
+    on_epoch_end: Callable[[int, dict[str, float]], None],
+) -> None:
+    """Train ``model`` from epoch ``first_epoch`` (0-based) to ``config.epochs``.
+
+    After each epoch the Keras model holds the new weights and ``on_epoch_end(epoch, logs)``
+    is called with the same logs model.fit would give (plus ``seconds``).
+    """
+    require_fusable(model)
+    step = make_train_step(model.optimizer)
+    state = read_state(model)
+    images = jnp.asarray(splits.X_train)
+    labels = jnp.asarray(splits.y_train.astype("int32"))
+    valid_images = jnp.asarray(splits.X_valid)
+    valid_labels = jnp.asarray(splits.y_valid.astype("int32"))
+    for epoch in range(first_epoch, config.epochs):
+        start = time.perf_counter()
+        order = epoch_order(config.seed, epoch, len(images))
+        state, loss, accuracy = run_epoch(step, state, images, labels, order, config.batch_size)
+        val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
+        write_state(model, state)
+        logs: dict[str, Any] = {
+            "loss": loss,
+            "accuracy": accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "seconds": time.perf_counter() - start,
+        }
+        on_epoch_end(epoch, logs)
