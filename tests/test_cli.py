@@ -108,3 +108,40 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, smoke_run: Pat
         assert message in result.stderr, (arguments, result.stderr)
         assert "Traceback" not in result.stderr, arguments
         assert len(result.stderr.strip().splitlines()) == 1, (arguments, result.stderr)
+
+
+def test_predict_image_files_processes_the_good_ones_and_reports_the_bad(smoke_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image, ImageDraw
+
+    good = tmp_path / "seven.jpg"
+    image = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(image).line([(120, 40), (200, 40), (140, 170)], fill="black", width=16)
+    image.save(good)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    blank = tmp_path / "blank.gif"
+    Image.new("L", (40, 40), 255).save(blank)
+    shown = tmp_path / "seen"
+    result = run_cli("predict", str(smoke_run), str(good), str(not_image), str(blank), str(tmp_path / "missing.webp"),
+                     "--json", "--show-input", str(shown))
+    assert result.returncode == 2
+    answers = json.loads(result.stdout)
+    assert [entry["image"] for entry in answers] == [str(good)]
+    assert set(answers[0]["predictions"]) == {"Model_A", "Model_B"}
+    assert len(answers[0]["predictions"]["Model_A"]["top"]) == 3
+    assert (shown / "seven-28x28.png").is_file()
+    assert Image.open(shown / "seven-28x28.png").size == (28, 28)
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert "notes.png: not a readable image" in errors[0]
+    assert "blank.gif: the image is blank" in errors[1]
+    assert "missing.webp: no such file" in errors[2]
+    piped = subprocess.run(
+        [sys.executable, "-m", "mnist_cnn.cli", "predict", str(smoke_run), "-"],
+        input=good.read_bytes(), capture_output=True, timeout=300,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert b"Model_A:" in piped.stdout and b"top 3:" in piped.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = commands.add_parser("experiment", help="the whole specification: train, compare and predict with Model_A and Model_B")
     experiment.add_argument("--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)")
+    experiment.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its own settings (other training flags are ignored) (default: off)",
+    )
     add_training_flags(experiment)
 
     train = commands.add_parser("train", help="train one model into a run folder")
@@ -124,12 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     add_backend_flag(evaluate)
 
-    predict = commands.add_parser("predict", help="predict test-set digits with a run's saved models")
+    predict = commands.add_parser("predict", help="predict digits in image files, or test-set digits, with a run's saved models")
     predict.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
-    predict.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2], help="test-set indices (default: 0 1 2)")
+    predict.add_argument("images", nargs="*", help="image files (PNG, JPEG, BMP, GIF, WebP; - for standard input) (default: none, use --index)")
+    predict.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2], help="test-set indices, when no image is given (default: 0 1 2)")
+    predict.add_argument("--show-input", type=Path, default=None, metavar="DIR", help="save the 28x28 image each model saw into DIR (default: off)")
     predict.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     add_backend_flag(predict)
+
+    serve = commands.add_parser("serve", help="the draw-a-digit web page and JSON API for a run's models")
+    serve.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default: %(default)s)")
+    add_backend_flag(serve)
     return parser
 
 
@@ -154,15 +170,29 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.experiment import run_experiment
     from mnist_cnn.runs import new_run_dir
 
-    config = config_from_args(args, backend)
-    run_experiment(config, args.out or new_run_dir())
+    if getattr(args, "resume", None) is not None:
+        from mnist_cnn.runs import stored_config
+
+        run_dir = args.resume
+        config = stored_config(run_dir)
+        if config.backend != backend:
+            raise UserError(f"{run_dir} was trained on the {config.backend} backend; resume it with --backend {config.backend}")
+    else:
+        config = config_from_args(args, backend)
+        run_dir = args.out or new_run_dir()
+    try:
+        run_experiment(config, run_dir)
+    except KeyboardInterrupt:
+        print(f"mnist-cnn: interrupted; finished epochs are saved. Resume with: mnist-cnn experiment --resume {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
 def command_evaluate(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluation import evaluate_model
-    from mnist_cnn.experiment import load_run_models, run_config
+    from mnist_cnn.experiment import load_run_models
+    from mnist_cnn.runs import stored_config as run_config
 
     config = run_config(args.run_dir)
     models = load_run_models(args.run_dir)
@@ -178,10 +208,13 @@ def command_evaluate(args: argparse.Namespace, backend: str) -> int:
 
 def command_predict(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.data import load_mnist
-    from mnist_cnn.experiment import load_run_models, predict_test_images, run_config
+    from mnist_cnn.experiment import load_run_models, predict_test_images
+    from mnist_cnn.runs import stored_config as run_config
 
     config = run_config(args.run_dir)
     models = load_run_models(args.run_dir)
+    if args.images:
+        return predict_image_files(models, args)
     splits = load_mnist(args.data or config.data, config.validation_size)
     result = predict_test_images(models, splits, args.index)
     if args.json:
@@ -196,11 +229,79 @@ def command_predict(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+def resumed_backend(args: argparse.Namespace) -> str | None:
+    """A resumed run continues on the backend it started on, unless --backend says otherwise."""
+    if getattr(args, "resume", None) is None:
+        return None
+    from mnist_cnn.runs import stored_config
+
+    return stored_config(args.resume).backend
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """`kill` (SIGTERM) stops like Ctrl-C: the run is marked interrupted and can be resumed."""
+    raise KeyboardInterrupt
+
+
+def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int:
+    """Predict each image file; a bad file gets its own error line and the others go on."""
+    from mnist_cnn.evaluation import describe_prediction, predict_images
+    from mnist_cnn.preprocess import ImageInputError, prepare_digit, read_image_bytes, read_image_file
+
+    results, failures = [], 0
+    for source in args.images:
+        try:
+            if source == "-":
+                image = read_image_bytes(sys.stdin.buffer.read(), "standard input")
+            else:
+                image = read_image_file(Path(source))
+            digit = prepare_digit(image, source)
+        except ImageInputError as error:
+            print(f"mnist-cnn: error: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        answers = {name: describe_prediction(predict_images(model, digit[None, :, :, None])[0]) for name, model in models.items()}
+        entry: dict[str, Any] = {"image": source, "predictions": answers}
+        if args.show_input is not None:
+            entry["model_input"] = str(save_model_input(digit, source, args.show_input))
+        results.append(entry)
+        if not args.json:
+            print(source)
+            for name, answer in answers.items():
+                top = ", ".join(f"{item['digit']} {item['probability']:.1%}" for item in answer["top"])
+                print(f"  {name}: {answer['digit']} ({answer['probability']:.1%}); top 3: {top}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_USER_ERROR if failures else 0
+
+
+def save_model_input(digit: Any, source: str, folder: Path) -> Path:
+    """Write the 28x28 image the models saw, as a PNG named after the input."""
+    from PIL import Image
+
+    from mnist_cnn.runs import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "stdin" if source == "-" else Path(source).stem
+    path = folder / f"{stem}-28x28.png"
+    with atomic_path(path) as temporary:
+        Image.fromarray((digit * 255).round().astype("uint8"), mode="L").save(temporary, format="PNG")
+    return path
+
+
+def command_serve(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port)
+    return 0
+
+
 COMMANDS: dict[str, Any] = {
     "experiment": command_experiment,
     "train": command_experiment,
     "evaluate": command_evaluate,
     "predict": command_predict,
+    "serve": command_serve,
 }
 
 
@@ -210,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from mnist_cnn.environment import select_backend
 
-        backend = select_backend(args.backend)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+        backend = select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)
@@ -219,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"mnist-cnn: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:  # A full disk, a read-only folder, a vanished file.
+        if args.debug:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"mnist-cnn: error: {error.strerror or error}{where}; free some space or choose a writable --out", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as error:
         if args.debug:

@@ -12,7 +12,9 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import struct
 import zipfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +42,12 @@ IDX_FILES = {
 SOURCES = ("auto", "keras", "bundled")
 
 RawArrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# What a damaged zip archive (an .npz) can raise while being read.
+ARCHIVE_ERRORS = (
+    OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, NotImplementedError,
+    zipfile.BadZipFile, zlib.error, struct.error, UnicodeDecodeError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +181,7 @@ def read_npz(path: Path, expected_sha256: dict[str, str] | None = None) -> RawAr
                 arrays[name] = archive[name]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+    except ARCHIVE_ERRORS as error:
         raise DataError(f"{path}: cannot read it as an .npz file ({error}); the file may be truncated or corrupt") from None
     if expected_sha256 is not None:
         for name, expected in expected_sha256.items():
@@ -204,7 +212,7 @@ def read_idx(path: Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
             content = handle.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read it ({error}); the file may be truncated or corrupt") from None
     if len(content) < 4 or content[0:2] != b"\x00\x00" or content[2] != 0x08 or content[3] not in (1, 3):
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ import numpy as np
 
 from mnist_cnn.config import ExperimentConfig
 from mnist_cnn.data import MnistSplits
+from mnist_cnn.training import epoch_order
 
 POOLED = 13  # (28 - 3 + 1) / 2
 EVAL_BATCH_SIZE = 1000
@@ -134,12 +135,6 @@ def evaluate_arrays(params: list[jax.Array], images: np.ndarray, labels: np.ndar
     return loss_total / len(images), correct_total / len(images)
 
 
-def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    """The shuffled order of epoch ``epoch``: a function of (seed, epoch) only, so a resumed
-    run sees exactly the batches an uninterrupted one would."""
-    return np.random.default_rng([seed, epoch]).permutation(count)
-
-
 @dataclasses.dataclass
 class FusedState:
     params: list[jax.Array]
@@ -187,16 +182,12 @@ def run_epoch(
 
 
 def train_epochs(
-    model: keras.Model,
-    splits: MnistSplits,
-    config: ExperimentConfig,
-    first_epoch: int,
-    on_epoch_end: Callable[[int, dict[str, float]], None],
-) -> None:
+    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+) -> Iterator[tuple[int, dict[str, float]]]:
     """Train ``model`` from epoch ``first_epoch`` (0-based) to ``config.epochs``.
 
-    After each epoch the Keras model holds the new weights and ``on_epoch_end(epoch, logs)``
-    is called with the same logs model.fit would give (plus ``seconds``).
+    After each epoch the Keras model holds the new weights and optimizer state, and the
+    generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
     """
     require_fusable(model)
     step = make_train_step(model.optimizer)
@@ -211,11 +202,11 @@ def train_epochs(
         state, loss, accuracy = run_epoch(step, state, images, labels, order, config.batch_size)
         val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
         write_state(model, state)
-        logs: dict[str, Any] = {
+        logs = {
             "loss": loss,
             "accuracy": accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
             "seconds": time.perf_counter() - start,
         }
-        on_epoch_end(epoch, logs)
+        yield epoch, logs

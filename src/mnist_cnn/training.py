@@ -1,7 +1,10 @@
-"""Training: Keras's model.fit or the fused JAX step, with the callbacks that time it and show where it is.
+"""Training, one epoch at a time, by either trainer, with timing, progress and checkpoints.
 
-Both paths call the same Keras callbacks' ``on_epoch_end(epoch, logs)`` with the same logs,
-so progress display and checkpoints work the same whichever trainer runs.
+Two trainers yield the same per-epoch logs (loss, accuracy, val_loss, val_accuracy, seconds):
+``fused`` (fused.py, compiled JAX step, the default on JAX) and ``keras`` (model.fit, any
+backend). Both visit the training images in ``epoch_order(seed, epoch)``: a function of the
+seed and epoch only, so an interrupted run that resumes sees the very batches it would
+have seen had it run straight through.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import keras
+import numpy as np
 
 from mnist_cnn.config import ExperimentConfig
 from mnist_cnn.data import MnistSplits
@@ -20,13 +24,21 @@ HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seco
 # Validation is a forward pass only; big batches make it cheap without changing its result.
 VALIDATION_BATCH_SIZE = 1000
 
+EpochLogs = dict[str, float]
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The shuffled order of the training images in epoch ``epoch`` (0-based)."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
 
 @dataclasses.dataclass
 class ExperimentProgress:
     """Tracks finished epochs of every model to print an ETA for the whole experiment.
 
     Models not yet started are estimated from the measured speed of the ones that ran,
-    scaled by parameter count (the big Dense layer carries most of the work).
+    scaled by parameter count (the big Dense layer carries most of the work). The first
+    epoch of a model includes compilation, so it is left out once there are others.
     """
 
     plan: dict[str, tuple[int, int]]  # model name -> (epochs, parameter count)
@@ -37,17 +49,18 @@ class ExperimentProgress:
         self.seconds.setdefault(model_name, []).append(epoch_seconds)
 
     def eta_seconds(self) -> float | None:
-        measured = {name: sum(times) / len(times) for name, times in self.seconds.items() if times}
+        measured = {
+            name: sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
+            for name, times in self.seconds.items()
+            if times
+        }
         if not measured:
             return None
-        seconds_per_parameter = sum(
-            measured[name] / self.plan[name][1] for name in measured
-        ) / len(measured)
+        seconds_per_parameter = sum(measured[name] / self.plan[name][1] for name in measured) / len(measured)
         remaining = 0.0
         for name, (epochs, parameters) in self.plan.items():
             left = epochs - len(self.seconds.get(name, []))
-            per_epoch = measured.get(name, seconds_per_parameter * parameters)
-            remaining += max(left, 0) * per_epoch
+            remaining += max(left, 0) * measured.get(name, seconds_per_parameter * parameters)
         return remaining
 
     def epochs_done(self) -> int:
@@ -55,6 +68,17 @@ class ExperimentProgress:
 
     def epochs_total(self) -> int:
         return sum(epochs for epochs, _ in self.plan.values())
+
+    def report(self, model_name: str, epochs: int, row: dict[str, float]) -> None:
+        """One line per epoch: metrics, epoch time, and the ETA of the whole experiment."""
+        self.record(model_name, row["seconds"])
+        print(
+            f"{model_name} epoch {int(row['epoch']):>3}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  {row['seconds']:.1f}s  | "
+            f"experiment {self.epochs_done()}/{self.epochs_total()} epochs, ETA {format_duration(self.eta_seconds())}",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def format_duration(seconds: float | None) -> str:
@@ -66,45 +90,20 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Adds each epoch's wall time (monotonic clock) to the logs as ``seconds``."""
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - self._start
-
-
-class ProgressLine(keras.callbacks.Callback):
-    """One line per epoch: metrics, epoch time, and the ETA of the whole experiment."""
-
-    def __init__(self, model_name: str, epochs: int, progress: ExperimentProgress) -> None:
-        super().__init__()
-        self.model_name = model_name
-        self.epochs = epochs
-        self.progress = progress
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        self.progress.record(self.model_name, logs["seconds"])
-        done, total = self.progress.epochs_done(), self.progress.epochs_total()
-        print(
-            f"{self.model_name} epoch {epoch + 1:>3}/{self.epochs}  "
-            f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}  "
-            f"val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
-            f"{logs['seconds']:.1f}s  | experiment {done}/{total} epochs, "
-            f"ETA {format_duration(self.progress.eta_seconds())}",
-            file=self.progress.stream,
-            flush=True,
-        )
-
-
 @dataclasses.dataclass
 class TrainingResult:
     history: list[dict[str, float]]
     training_seconds: float
+    resumed_from_epoch: int | None = None
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """Where a model's training continues: epochs done, their history and time spent."""
+
+    epochs_done: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    training_seconds: float = 0.0
 
 
 def train_model(
@@ -112,62 +111,57 @@ def train_model(
     splits: MnistSplits,
     config: ExperimentConfig,
     progress: ExperimentProgress | None = None,
-    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    resume: ResumePoint | None = None,
+    on_epoch_end: Callable[[list[dict[str, float]], float], None] | None = None,
 ) -> TrainingResult:
-    """Train ``model`` on the training split, validating on the held-out split every epoch."""
-    callbacks: list[keras.callbacks.Callback] = []
-    if progress is not None:
-        callbacks.append(ProgressLine(model.name, config.epochs, progress))
-    callbacks.extend(extra_callbacks or [])
-    start = time.perf_counter()
-    if config.resolved_trainer() == "fused":
-        history = fit_fused(model, splits, config, callbacks)
-    else:
-        history = fit_keras(model, splits, config, callbacks)
-    training_seconds = time.perf_counter() - start
-    return TrainingResult(history=history_rows(history), training_seconds=training_seconds)
+    """Train ``model`` up to ``config.epochs``, continuing from ``resume`` if given.
 
-
-def fit_keras(
-    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, callbacks: list[keras.callbacks.Callback]
-) -> dict[str, list[float]]:
-    fit_history = model.fit(
-        splits.X_train,
-        splits.y_train,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=(splits.X_valid, splits.y_valid),
-        validation_batch_size=VALIDATION_BATCH_SIZE,
-        shuffle=True,
-        callbacks=[EpochTimer(), *callbacks],
-        verbose=0,
+    ``on_epoch_end(history, training_seconds)`` runs after every epoch, once the model
+    holds that epoch's weights (the experiment writes its checkpoint there).
+    """
+    resume = resume or ResumePoint()
+    history = list(resume.history)
+    training_seconds = resume.training_seconds
+    epochs = fused_epochs if config.resolved_trainer() == "fused" else keras_epochs
+    session_start = time.perf_counter()
+    for epoch, logs in epochs(model, splits, config, resume.epochs_done):
+        row = {"epoch": epoch + 1, **{field: float(logs[field]) for field in HISTORY_FIELDS[1:]}}
+        history.append(row)
+        if progress is not None:
+            progress.report(model.name, config.epochs, row)
+        if on_epoch_end is not None:
+            on_epoch_end(history, training_seconds + time.perf_counter() - session_start)
+    training_seconds += time.perf_counter() - session_start
+    return TrainingResult(
+        history=history,
+        training_seconds=training_seconds,
+        resumed_from_epoch=resume.epochs_done if resume.epochs_done else None,
     )
-    return fit_history.history
 
 
-def fit_fused(
-    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, callbacks: list[keras.callbacks.Callback]
-) -> dict[str, list[float]]:
+def fused_epochs(model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int) -> Iterator[tuple[int, EpochLogs]]:
     from mnist_cnn import fused  # Imports JAX: only on the JAX backend.
 
-    history: dict[str, list[float]] = {}
-    for callback in callbacks:
-        callback.set_model(model)
-
-    def on_epoch_end(epoch: int, logs: dict[str, float]) -> None:
-        for name, value in logs.items():
-            history.setdefault(name, []).append(value)
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
-
-    fused.train_epochs(model, splits, config, first_epoch=0, on_epoch_end=on_epoch_end)
-    return history
+    return fused.train_epochs(model, splits, config, first_epoch)
 
 
-def history_rows(history: dict[str, list[float]]) -> list[dict[str, float]]:
-    """Keras's column-wise history as one row per epoch, in HISTORY_FIELDS order."""
-    epochs = len(history["loss"])
-    return [
-        {"epoch": index + 1, **{field: float(history[field][index]) for field in HISTORY_FIELDS[1:]}}
-        for index in range(epochs)
-    ]
+def keras_epochs(model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int) -> Iterator[tuple[int, EpochLogs]]:
+    """model.fit, one epoch per call, on the images in ``epoch_order`` (the compiled train
+    function is built once and reused across calls)."""
+    for epoch in range(first_epoch, config.epochs):
+        start = time.perf_counter()
+        order = epoch_order(config.seed, epoch, len(splits.X_train))
+        fit = model.fit(
+            splits.X_train[order],
+            splits.y_train[order],
+            batch_size=config.batch_size,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            validation_data=(splits.X_valid, splits.y_valid),
+            validation_batch_size=VALIDATION_BATCH_SIZE,
+            shuffle=False,
+            verbose=0,
+        )
+        logs: dict[str, Any] = {name: values[-1] for name, values in fit.history.items()}
+        logs["seconds"] = time.perf_counter() - start
+        yield epoch, logs

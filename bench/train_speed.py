@@ -1,0 +1,201 @@
+"""Training speed: the project's default path against the plain notebook way, side by side.
+
+Reference ("the plain notebook way"): Keras ``model.fit`` on the TensorFlow backend with
+default settings: batch 32, SGD(0.01), shuffle, validation on the 6,000 held-out images
+every epoch (default validation batch size), ``steps_per_execution=1``, no XLA.
+Project: ``mnist_cnn.training.train_model`` with the default ExperimentConfig
+(the fused JAX trainer on this machine).
+
+Each measurement runs in its own process (a Keras backend is fixed per process). The
+order is interleaved: round 1 = ref A, project A, ref B, project B; round 2 swaps each
+pair, and so on, so drift on a shared machine hits both paths alike. Each process trains
+``--epochs`` epochs on the full data; the first epoch (compilation) is reported apart,
+the others give the median seconds per epoch. Each round uses its own seed (round
+number), and the test accuracy after the last epoch is compared across seeds.
+
+Usage: python bench/train_speed.py [--rounds 3] [--epochs 3] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEC_EPOCHS = 60
+FLOPS_PER_FMA_CYCLE_PER_CORE = 32  # AVX2: 2 FMA units x 8 float32 lanes x 2 FLOP.
+
+
+def flops_per_image(filters: int) -> float:
+    """Forward + backward FLOPs for one training image (backward ~ 2x forward; the first
+    layer needs no input gradient, which this ignores: an upper bound on the work)."""
+    conv = 26 * 26 * filters * 9 * 2
+    dense = 13 * 13 * filters * 200 * 2 + 200 * 100 * 2 + 100 * 10 * 2
+    return 3 * (conv + dense)
+
+
+def peak_flops() -> float:
+    """Arithmetic peak of this CPU in float32 FLOP/s (cores x 32 FLOP/cycle x clock)."""
+    megahertz = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("cpu MHz"):
+                    megahertz = float(line.split(":")[1])
+                    break
+    except OSError:
+        pass
+    return (os.cpu_count() or 1) * FLOPS_PER_FMA_CYCLE_PER_CORE * (megahertz or 2500.0) * 1e6
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
+    """Train one model for ``epochs`` epochs on the full data; return timings and accuracy."""
+    import resource
+
+    os.environ["KERAS_BACKEND"] = "tensorflow" if path == "reference" else os.environ.get("BENCH_PROJECT_BACKEND", "jax")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.models import build_variant
+
+    splits = load_mnist("bundled")
+    spec = MODEL_VARIANTS[model_key]
+    keras.utils.set_random_seed(seed)
+    if path == "reference":
+        # The notebook: nothing but the defaults.
+        model = build_variant(spec)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        seconds: list[float] = []
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds.append(time.perf_counter() - self.start)
+
+        model.fit(
+            splits.X_train, splits.y_train, batch_size=32, epochs=epochs,
+            validation_data=(splits.X_valid, splits.y_valid), callbacks=[Timer()], verbose=0,
+        )
+    else:
+        from mnist_cnn.experiment import seeded_model
+        from mnist_cnn.training import train_model
+
+        config = ExperimentConfig(models=(model_key,), epochs=epochs, seed=seed, backend=keras.backend.backend())
+        model = seeded_model(spec, config)
+        result = train_model(model, splits, config)
+        seconds = [row["seconds"] for row in result.history]
+    _, accuracy = model.evaluate(splits.X_test, splits.y_test, batch_size=1000, verbose=0)
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"path": path, "model": model_key, "seed": seed, "seconds": seconds, "test_accuracy": float(accuracy), "peak_rss_mib": peak_rss_mib}
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def measure(path: str, model_key: str, epochs: int, seed: int) -> dict:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", path, model_key, str(epochs), str(seed)],
+        capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        sys.exit(f"benchmark child {path} {model_key} failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(
+        f"  {path:9} Model_{model_key} seed {seed}: epochs {', '.join(f'{s:.1f}' for s in result['seconds'])} s; "
+        f"test acc {result['test_accuracy']:.4f}; peak RSS {result['peak_rss_mib']:.0f} MiB",
+        flush=True,
+    )
+    return result
+
+
+def summarize(results: list[dict], epochs: int) -> dict:
+    peak = peak_flops()
+    summary: dict = {"peak_gflops": peak / 1e9, "models": {}}
+    totals = {"reference": 0.0, "project": 0.0}
+    for key, filters in (("A", 32), ("B", 64)):
+        row = {}
+        for path in ("reference", "project"):
+            runs = [r for r in results if r["path"] == path and r["model"] == key]
+            steady = [s for r in runs for s in r["seconds"][1:]]
+            median = statistics.median(steady)
+            accuracies = [r["test_accuracy"] for r in runs]
+            row[path] = {
+                "seconds_per_epoch_median": median,
+                "first_epoch_seconds": statistics.median(r["seconds"][0] for r in runs),
+                "images_per_second": 54000 / median,
+                "fraction_of_peak": 54000 * flops_per_image(filters) / median / peak,
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                "test_accuracy_mean": statistics.mean(accuracies),
+                "test_accuracy_stdev": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "test_accuracies": accuracies,
+            }
+            totals[path] += median
+        row["ratio_reference_over_project"] = row["reference"]["seconds_per_epoch_median"] / row["project"]["seconds_per_epoch_median"]
+        summary["models"][f"Model_{key}"] = row
+    summary["experiment"] = {
+        "reference_minutes_60_epochs": totals["reference"] * SPEC_EPOCHS / 60,
+        "project_minutes_60_epochs": totals["project"] * SPEC_EPOCHS / 60,
+        "ratio_reference_over_project": totals["reference"] / totals["project"],
+    }
+    return summary
+
+
+def print_summary(summary: dict, rounds: int, epochs: int) -> None:
+    print(f"\nPer model ({rounds} seeds x {epochs - 1} timed epochs each path; peak {summary['peak_gflops']:.0f} GFLOP/s):")
+    print("| model | path | s/epoch (median) | first epoch s | images/s | % of peak | peak RSS MiB | test acc (mean ± sd) |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for name, row in summary["models"].items():
+        for path in ("reference", "project"):
+            values = row[path]
+            print(
+                f"| {name} | {path} | {values['seconds_per_epoch_median']:.2f} | {values['first_epoch_seconds']:.2f} | "
+                f"{values['images_per_second']:.0f} | {values['fraction_of_peak'] * 100:.1f} | {values['peak_rss_mib']:.0f} | "
+                f"{values['test_accuracy_mean']:.4f} ± {values['test_accuracy_stdev']:.4f} |"
+            )
+        print(f"| {name} | ratio reference/project | {row['ratio_reference_over_project']:.2f}x | | | | | |")
+    experiment = summary["experiment"]
+    print(
+        f"\nWhole experiment (2 x {SPEC_EPOCHS} epochs, from the medians): reference {experiment['reference_minutes_60_epochs']:.1f} min, "
+        f"project {experiment['project_minutes_60_epochs']:.1f} min, ratio {experiment['ratio_reference_over_project']:.2f}x"
+    )
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, path, model_key, epochs, seed = sys.argv
+        print(json.dumps(child(path, model_key, int(epochs), int(seed))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one seed each (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement, the first counted as compile (default: %(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here (default: none)")
+    args = parser.parse_args()
+    if args.epochs < 2 or args.rounds < 1:
+        parser.error("--epochs must be at least 2 and --rounds at least 1")
+    results = []
+    for round_index in range(args.rounds):
+        print(f"round {round_index + 1}/{args.rounds}", flush=True)
+        for model_key in ("A", "B"):
+            paths = ("reference", "project") if round_index % 2 == 0 else ("project", "reference")
+            for path in paths:
+                results.append(measure(path, model_key, args.epochs, seed=round_index))
+    summary = summarize(results, args.epochs)
+    print_summary(summary, args.rounds, args.epochs)
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "runs": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

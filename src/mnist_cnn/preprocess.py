@@ -1,0 +1,115 @@
+"""Turn a photo, scan or drawing of a digit into the 28x28 image an MNIST model expects.
+
+MNIST digits are light ink on a dark background, cropped to the digit, scaled so the longer
+side is 20 pixels (keeping the aspect ratio) and centred by centre of mass in a 28x28 frame.
+A digit that differs in any of these ways (dark on white paper, off-centre, another size)
+is often misread; this module applies the same steps to any image. One function,
+``prepare_digit``, used by the CLI and the web page alike.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 20_000_000
+DIGIT_BOX = 20
+FRAME = 28
+INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel counts as ink.
+
+
+class ImageInputError(ValueError):
+    """An input that is not a usable digit image: not an image, empty, blank, too large."""
+
+
+def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
+    """Decode PNG, JPEG, BMP, GIF (first frame), WebP... with size caps; errors name ``name``."""
+    if not content:
+        raise ImageInputError(f"{name}: empty file, expected an image (PNG, JPEG, BMP, GIF or WebP)")
+    if len(content) > MAX_BYTES:
+        raise ImageInputError(f"{name}: {len(content) / 2**20:.1f} MB is over the {MAX_BYTES // 2**20} MB limit; use a smaller image")
+    try:
+        image = Image.open(io.BytesIO(content))
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageInputError(
+                f"{name}: {image.width}x{image.height} is over the {MAX_PIXELS // 1_000_000} megapixel limit; use a smaller image"
+            )
+        image.seek(0)  # GIF and other animations: the first frame.
+        image.load()
+    except ImageInputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageInputError(f"{name}: not a readable image ({error.__class__.__name__}); use PNG, JPEG, BMP, GIF or WebP") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageInputError(f"{name}: image has no pixels")
+    return image
+
+
+def read_image_file(path: Path) -> Image.Image:
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageInputError(f"{path}: is a folder, not an image") from None
+    except OSError as error:
+        raise ImageInputError(f"{path}: cannot read it ({error.strerror})") from None
+    return read_image_bytes(content, str(path))
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """Grayscale in [0, 1]; transparent pixels count as background (drawn on white)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Ink in [0, 1] on a 0 background: inverted when the digit is dark on light.
+
+    The background is the median of the border pixels: a digit rarely touches all four edges.
+    """
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:
+        gray = 1.0 - gray
+        background = 1.0 - background
+    span = max(1.0 - background, 1e-6)
+    return np.clip((gray - background) / span, 0.0, 1.0)
+
+
+def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
+    """Any digit image -> float32 (28, 28) in [0, 1], prepared the way MNIST's digits were."""
+    ink = ink_map(to_grayscale(image))
+    if ink.max() < 0.15:
+        raise ImageInputError(f"{name}: the image is blank (no ink found); draw or photograph a digit")
+    rows = np.flatnonzero((ink > INK_THRESHOLD * ink.max()).any(axis=1))
+    columns = np.flatnonzero((ink > INK_THRESHOLD * ink.max()).any(axis=0))
+    cropped = ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+    scale = DIGIT_BOX / max(cropped.shape)
+    height = max(1, round(cropped.shape[0] * scale))
+    width = max(1, round(cropped.shape[1] * scale))
+    resized = np.asarray(Image.fromarray(cropped, mode="F").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
+    resized = np.clip(resized, 0.0, 1.0)
+    return centre_by_mass(resized)
+
+
+def centre_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Place ``digit`` in a 28x28 frame so its centre of mass is at the frame's centre."""
+    total = float(digit.sum())
+    ys, xs = np.indices(digit.shape)
+    centre_y = float((ys * digit).sum() / total)
+    centre_x = float((xs * digit).sum() / total)
+    top = int(round(FRAME / 2 - 0.5 - centre_y))
+    left = int(round(FRAME / 2 - 0.5 - centre_x))
+    top = min(max(top, 0), FRAME - digit.shape[0])
+    left = min(max(left, 0), FRAME - digit.shape[1])
+    frame = np.zeros((FRAME, FRAME), dtype=np.float32)
+    frame[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return frame
