@@ -311,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from mnist_cnn.environment import select_backend
 
+        # Ctrl-C and `kill` stop a run cleanly, even when started from a shell that
+        # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
         backend = select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
