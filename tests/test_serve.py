@@ -23,9 +23,11 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """Both models trained a little (12,000 images, 3 epochs): enough to read clear digits."""
+    """Both models trained a little (12,000 images, 3 epochs of Adam): enough to read clear digits."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = run_cli("experiment", "--limit", "12000", "--epochs", "3", "--out", str(run_dir))
+    result = run_cli(
+        "experiment", "--limit", "12000", "--epochs", "3", "--optimizer", "adam", "--learning-rate", "0.001", "--out", str(run_dir)
+    )
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -121,7 +123,11 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_stays_up(server: str, body: 
 
 
 def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) -> None:
-    """Digits rendered from fonts, dark on light and light on dark: no MNIST image among them."""
+    """Digits rendered from fonts, dark on light and light on dark: no MNIST image among them.
+
+    Measured: 88% for this briefly trained run, 93% for the full 60-epoch models (the misses
+    are mostly a 6 read as 5 and a serif 1 read as 2).
+    """
     import keras
 
     from mnist_cnn.preprocess import prepare_digit, read_image_bytes
@@ -136,7 +142,7 @@ def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) ->
     predictions = np.asarray(model.predict_on_batch(np.stack(samples)[..., None])).argmax(axis=1)
     rate = float(np.mean(predictions == np.asarray(labels)))
     print(f"printed digits read correctly: {rate:.1%} of {len(labels)}")
-    assert rate >= 0.6
+    assert rate >= 0.75
 
 
 def test_the_page_draws_a_digit_and_shows_both_models(server: str, tmp_path: Path) -> None:
