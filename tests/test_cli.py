@@ -92,6 +92,8 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (["experiment", "--models", "A,C"], "choose from A, B"),
         (["experiment", "--colour", "red"], "unrecognized arguments"),
         (["experiment", "--backend", "tensorflow", "--trainer", "fused"], "needs the JAX backend"),
+        (["experiment", "--limit", "50", "--batch-size", "64", "--out", str(tmp_path / "small")], "larger than the 50 training images"),
+        (["experiment", "--resume", str(not_a_run)], "not a run folder"),
         (["experiment", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "r")], "does not exist"),
         (["evaluate", str(tmp_path / "missing-run")], "does not exist"),
         (["evaluate", str(not_a_run)], "not a run folder"),
