@@ -176,3 +176,22 @@ def test_a_full_disk_gives_one_line_and_no_half_written_file(tmp_path: Path) -> 
         assert status["state"] == "failed"
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_the_model_fit_trainer_resumes_exactly_too(tmp_path: Path) -> None:
+    """TensorFlow's model.fit path: killed in a checkpoint write, resumed, equal to a straight run."""
+    arguments = ["train", "--model", "A", "--backend", "tensorflow", "--limit", "320", "--epochs", "4", "--seed", "5"]
+    straight = tmp_path / "straight"
+    assert run_cli(*arguments, "--out", str(straight)).returncode == 0
+    killed = tmp_path / "killed"
+    process = subprocess.run(
+        [sys.executable, "-m", "mnist_cnn.cli", *arguments, "--out", str(killed)],
+        capture_output=True, timeout=300, env={**os.environ, FAULT_ENVIRONMENT: "Model_A:3"},
+    )
+    assert process.returncode == -signal.SIGKILL
+    resumed = run_cli("experiment", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stdout
+    assert history(killed, "Model_A") == history(straight, "Model_A")
+    for got, want in zip(weights(killed, "Model_A"), weights(straight, "Model_A")):
+        np.testing.assert_array_equal(got, want)
