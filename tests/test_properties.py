@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,26 +53,6 @@ def load_or_data_error(content: bytes) -> None:
 
 
 @SETTINGS
-@given(st.binary(max_size=4096))
-def test_random_bytes_as_npz(content: bytes) -> None:
-    load_or_data_error(content)
-
-
-@SETTINGS
-@given(st.integers(min_value=0, max_value=len(VALID_NPZ) - 1))
-def test_truncated_npz(cut: int) -> None:
-    load_or_data_error(VALID_NPZ[:cut])
-
-
-@SETTINGS
-@given(st.integers(min_value=0, max_value=len(VALID_NPZ) - 1), st.integers(min_value=0, max_value=255))
-def test_npz_with_one_corrupted_byte(position: int, value: int) -> None:
-    corrupted = bytearray(VALID_NPZ)
-    corrupted[position] = value
-    load_or_data_error(bytes(corrupted))
-
-
-@SETTINGS
 @given(st.binary(max_size=2048))
 def test_random_bytes_as_idx(content: bytes) -> None:
     path = write_temporary(content, "")
@@ -107,21 +88,33 @@ def read_or_checkpoint_error(content: bytes) -> None:
         path.unlink()
 
 
+READERS = {
+    "npz": (VALID_NPZ, load_or_data_error),
+    "checkpoint": (VALID_CHECKPOINT, read_or_checkpoint_error),
+}
+reader_names = pytest.mark.parametrize("reader", list(READERS))
+
+
+@reader_names
 @SETTINGS
-@given(st.binary(max_size=4096))
-def test_random_bytes_as_checkpoint(content: bytes) -> None:
-    read_or_checkpoint_error(content)
+@given(content=st.binary(max_size=4096))
+def test_random_bytes(reader: str, content: bytes) -> None:
+    READERS[reader][1](content)
 
 
+@reader_names
 @SETTINGS
-@given(st.integers(min_value=0, max_value=len(VALID_CHECKPOINT) - 1))
-def test_truncated_checkpoint(cut: int) -> None:
-    read_or_checkpoint_error(VALID_CHECKPOINT[:cut])
+@given(fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
+def test_truncated_file(reader: str, fraction: float) -> None:
+    valid, read = READERS[reader]
+    read(valid[: int(len(valid) * fraction)])
 
 
+@reader_names
 @SETTINGS
-@given(st.integers(min_value=0, max_value=len(VALID_CHECKPOINT) - 1), st.integers(min_value=0, max_value=255))
-def test_checkpoint_with_one_corrupted_byte(position: int, value: int) -> None:
-    corrupted = bytearray(VALID_CHECKPOINT)
-    corrupted[position] = value
-    read_or_checkpoint_error(bytes(corrupted))
+@given(fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True), value=st.integers(min_value=0, max_value=255))
+def test_one_corrupted_byte(reader: str, fraction: float, value: int) -> None:
+    valid, read = READERS[reader]
+    corrupted = bytearray(valid)
+    corrupted[int(len(valid) * fraction)] = value
+    read(bytes(corrupted))

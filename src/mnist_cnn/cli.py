@@ -28,24 +28,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def whole_number(minimum: int) -> Any:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}" if minimum else f"{text} must be 0 or more")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
 
 
 def positive_float(text: str) -> float:
@@ -277,15 +276,12 @@ def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int
 
 def save_model_input(digit: Any, source: str, folder: Path) -> Path:
     """Write the 28x28 image the models saw, as a PNG named after the input."""
-    from PIL import Image
+    from mnist_cnn.preprocess import digit_png
+    from mnist_cnn.runs import write_bytes
 
-    from mnist_cnn.runs import atomic_path
-
-    folder.mkdir(parents=True, exist_ok=True)
     stem = "stdin" if source == "-" else Path(source).stem
     path = folder / f"{stem}-28x28.png"
-    with atomic_path(path) as temporary:
-        Image.fromarray((digit * 255).round().astype("uint8"), mode="L").save(temporary, format="PNG")
+    write_bytes(path, digit_png(digit))
     return path
 
 

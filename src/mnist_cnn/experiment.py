@@ -37,7 +37,7 @@ from mnist_cnn.runs import (
     write_json,
     write_status,
 )
-from mnist_cnn.training import ExperimentProgress, ResumePoint, TrainingResult, format_duration, train_model
+from mnist_cnn.training import ExperimentProgress, ResumePoint, TrainingResult, train_model
 
 PREDICTION_INDICES = (0, 1, 2)
 MODEL_FILE = "model.keras"
@@ -294,4 +294,4 @@ def summary_text(table_markdown: str, predictions: dict[str, Any], run_dir: Path
     return "\n".join(lines)
 
 
-__all__ = ["run_experiment", "load_run_models", "predict_test_images", "format_duration"]
+__all__ = ["run_experiment", "load_run_models", "predict_test_images"]

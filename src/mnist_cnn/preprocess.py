@@ -113,3 +113,10 @@ def centre_by_mass(digit: np.ndarray) -> np.ndarray:
     frame = np.zeros((FRAME, FRAME), dtype=np.float32)
     frame[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return frame
+
+
+def digit_png(digit: np.ndarray) -> bytes:
+    """The prepared 28x28 digit as PNG bytes: what the models saw, for a person to look at."""
+    buffer = io.BytesIO()
+    Image.fromarray((digit * 255).round().astype("uint8"), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()

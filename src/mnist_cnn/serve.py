@@ -7,7 +7,6 @@ Uploads are capped in size; anything that is not a usable image gets a 4xx with 
 from __future__ import annotations
 
 import base64
-import io
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,11 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from mnist_cnn.evaluation import describe_prediction, predict_images
 from mnist_cnn.experiment import load_run_models
-from mnist_cnn.preprocess import MAX_BYTES, ImageInputError, prepare_digit, read_image_bytes
+from mnist_cnn.preprocess import MAX_BYTES, ImageInputError, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.runs import read_json
 
 IMAGE_BODY = {
@@ -101,11 +99,9 @@ def answer(models: dict[str, Any], digit: np.ndarray) -> dict[str, Any]:
     for name, model in models.items():
         probabilities = predict_images(model, batch)[0]
         predictions[name] = {**describe_prediction(probabilities), "probabilities": [float(p) for p in probabilities]}
-    buffer = io.BytesIO()
-    Image.fromarray((digit * 255).round().astype("uint8"), mode="L").save(buffer, format="PNG")
     return {
         "predictions": predictions,
-        "model_input_png": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+        "model_input_png": "data:image/png;base64," + base64.b64encode(digit_png(digit)).decode("ascii"),
     }
 
 
