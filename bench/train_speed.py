@@ -60,11 +60,13 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
     """Train one model for ``epochs`` epochs on the full data; return timings and accuracy."""
     import resource
 
-    os.environ["KERAS_BACKEND"] = "tensorflow" if path == "reference" else os.environ.get("BENCH_PROJECT_BACKEND", "jax")
+    os.environ["KERAS_BACKEND"] = (
+        "tensorflow" if path == "reference" else os.environ.get("BENCH_PROJECT_BACKEND", "jax")
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
+    from mnist_cnn.config import EVALUATION_BATCH_SIZE, MODEL_VARIANTS, ExperimentConfig
     from mnist_cnn.data import load_mnist
     from mnist_cnn.models import build_variant
 
@@ -74,7 +76,11 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
     if path == "reference":
         # The notebook: nothing but the defaults.
         model = build_variant(spec)
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=0.01),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
         seconds: list[float] = []
 
         class Timer(keras.callbacks.Callback):
@@ -85,20 +91,32 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
                 seconds.append(time.perf_counter() - self.start)
 
         model.fit(
-            splits.X_train, splits.y_train, batch_size=32, epochs=epochs,
-            validation_data=(splits.X_valid, splits.y_valid), callbacks=[Timer()], verbose=0,
+            splits.X_train,
+            splits.y_train,
+            batch_size=32,
+            epochs=epochs,
+            validation_data=(splits.X_valid, splits.y_valid),
+            callbacks=[Timer()],
+            verbose=0,
         )
     else:
-        from mnist_cnn.experiment import seeded_model
+        from mnist_cnn.models import seeded_model
         from mnist_cnn.training import train_model
 
         config = ExperimentConfig(models=(model_key,), epochs=epochs, seed=seed, backend=keras.backend.backend())
         model = seeded_model(spec, config)
         result = train_model(model, splits, config)
         seconds = [row["seconds"] for row in result.history]
-    _, accuracy = model.evaluate(splits.X_test, splits.y_test, batch_size=1000, verbose=0)
+    _, accuracy = model.evaluate(splits.X_test, splits.y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"path": path, "model": model_key, "seed": seed, "seconds": seconds, "test_accuracy": float(accuracy), "peak_rss_mib": peak_rss_mib}
+    return {
+        "path": path,
+        "model": model_key,
+        "seed": seed,
+        "seconds": seconds,
+        "test_accuracy": float(accuracy),
+        "peak_rss_mib": peak_rss_mib,
+    }
 
 
 # --------------------------------------------------------------------------- parent side
@@ -107,7 +125,9 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
 def measure(path: str, model_key: str, epochs: int, seed: int) -> dict:
     completed = subprocess.run(
         [sys.executable, __file__, "--child", path, model_key, str(epochs), str(seed)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if completed.returncode != 0:
         sys.exit(f"benchmark child {path} {model_key} failed:\n{completed.stderr[-3000:]}")
@@ -142,7 +162,9 @@ def summarize(results: list[dict], epochs: int) -> dict:
                 "test_accuracies": accuracies,
             }
             totals[path] += median
-        row["ratio_reference_over_project"] = row["reference"]["seconds_per_epoch_median"] / row["project"]["seconds_per_epoch_median"]
+        row["ratio_reference_over_project"] = (
+            row["reference"]["seconds_per_epoch_median"] / row["project"]["seconds_per_epoch_median"]
+        )
         summary["models"][f"Model_{key}"] = row
     summary["experiment"] = {
         "reference_minutes_60_epochs": totals["reference"] * SPEC_EPOCHS / 60,
@@ -153,22 +175,31 @@ def summarize(results: list[dict], epochs: int) -> dict:
 
 
 def print_summary(summary: dict, rounds: int, epochs: int) -> None:
-    print(f"\nPer model ({rounds} seeds x {epochs - 1} timed epochs each path; peak {summary['peak_gflops']:.0f} GFLOP/s):")
-    print("| model | path | s/epoch (median) | first epoch s | images/s | % of peak | peak RSS MiB | test acc (mean ± sd) |")
+    print(
+        f"\nPer model ({rounds} seeds x {epochs - 1} timed epochs each path; "
+        f"peak {summary['peak_gflops']:.0f} GFLOP/s):"
+    )
+    print(
+        "| model | path | s/epoch (median) | first epoch s | images/s | % of peak | peak RSS MiB "
+        "| test acc (mean ± sd) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, row in summary["models"].items():
         for path in ("reference", "project"):
             values = row[path]
             print(
-                f"| {name} | {path} | {values['seconds_per_epoch_median']:.2f} | {values['first_epoch_seconds']:.2f} | "
-                f"{values['images_per_second']:.0f} | {values['fraction_of_peak'] * 100:.1f} | {values['peak_rss_mib']:.0f} | "
+                f"| {name} | {path} | {values['seconds_per_epoch_median']:.2f} "
+                f"| {values['first_epoch_seconds']:.2f} | {values['images_per_second']:.0f} "
+                f"| {values['fraction_of_peak'] * 100:.1f} | {values['peak_rss_mib']:.0f} | "
                 f"{values['test_accuracy_mean']:.4f} ± {values['test_accuracy_stdev']:.4f} |"
             )
         print(f"| {name} | ratio reference/project | {row['ratio_reference_over_project']:.2f}x | | | | | |")
     experiment = summary["experiment"]
     print(
-        f"\nWhole experiment (2 x {SPEC_EPOCHS} epochs, from the medians): reference {experiment['reference_minutes_60_epochs']:.1f} min, "
-        f"project {experiment['project_minutes_60_epochs']:.1f} min, ratio {experiment['ratio_reference_over_project']:.2f}x"
+        f"\nWhole experiment (2 x {SPEC_EPOCHS} epochs, from the medians): "
+        f"reference {experiment['reference_minutes_60_epochs']:.1f} min, "
+        f"project {experiment['project_minutes_60_epochs']:.1f} min, "
+        f"ratio {experiment['ratio_reference_over_project']:.2f}x"
     )
 
 
@@ -178,8 +209,15 @@ def main() -> None:
         print(json.dumps(child(path, model_key, int(epochs), int(seed))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, one seed each (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement, the first counted as compile (default: %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds, one seed each (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="epochs per measurement, the first counted as compile (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (default: none)")
     args = parser.parse_args()
     if args.epochs < 2 or args.rounds < 1:

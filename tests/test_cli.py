@@ -1,18 +1,21 @@
-"""The real entry point, as a user runs it: the smoke experiment, evaluate, predict, bad input."""
+"""The command line as a user runs it: the smoke experiment, evaluate, predict, bad input, bugs."""
 
 import json
 import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
-from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, run_cli
+from mnist_cnn import cli as cli_module
+from mnist_cnn.runs import RunFolder
+from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, cli, run_cli
 
 
 def test_experiment_writes_every_artifact(smoke_run: Path) -> None:
     config = json.loads((smoke_run / "config.json").read_text())
     assert config["config"]["epochs"] == SMOKE_EPOCHS and config["config"]["limit"] == SMOKE_LIMIT
-    assert config["config"]["seed"] == 42
+    assert config["config"]["seed"] == 42 and config["config"]["backend"] == "jax"
     assert config["environment"]["backend"] == "jax" and config["trainer_used"] == "fused"
     assert config["environment"]["libraries"]["keras"].startswith("3.")
     assert config["environment"]["cpu_count"] >= 1
@@ -26,8 +29,11 @@ def test_experiment_writes_every_artifact(smoke_run: Path) -> None:
         assert len(history) == 1 + SMOKE_EPOCHS
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["parameters"] == parameters
-        assert 0.0 <= metrics["test_accuracy"] <= 1.0
+        # Accuracy is a count of right answers over the 300 test images, not any number in [0, 1].
+        correct = metrics["test_accuracy"] * SMOKE_LIMIT
+        assert correct == pytest.approx(round(correct), abs=1e-3)
         assert len(metrics["seconds_per_epoch"]) == SMOKE_EPOCHS
+        assert metrics["training_seconds"] >= sum(metrics["seconds_per_epoch"]) * 0.99
         assert metrics["inference_ms_per_image_batched"] > 0
     for figure in ("comparison.png", "predictions.png", *(f"Model_{k}/loss.png" for k in "AB")):
         assert (smoke_run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,39 +45,65 @@ def test_experiment_writes_every_artifact(smoke_run: Path) -> None:
     assert predictions["indices"] == [0, 1, 2] and predictions["true_labels"] == [7, 2, 1]
     for answers in predictions["predictions"].values():
         assert len(answers) == 3 and all(0 <= answer["digit"] <= 9 for answer in answers)
+    assert json.loads((smoke_run / "status.json").read_text())["state"] == "finished"
     assert not list(smoke_run.rglob(".*"))  # No temporary files left behind.
 
 
-def test_evaluate_and_predict_reuse_the_saved_models(smoke_run: Path) -> None:
-    metrics = json.loads((smoke_run / "Model_A" / "metrics.json").read_text())
-    evaluated = run_cli("evaluate", str(smoke_run), "--json")
+def test_evaluate_reproduces_the_runs_own_test_metrics(smoke_run: Path) -> None:
+    evaluated = cli("evaluate", smoke_run, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads(evaluated.stdout)
-    assert set(results) == {"Model_A", "Model_B"}
-    assert 0.0 <= results["Model_A"]["test_accuracy"] <= 1.0
-    predicted = run_cli("predict", str(smoke_run), "--index", "0", "1", "2", "--json")
+    assert list(results) == ["Model_A", "Model_B"]
+    for name, values in results.items():
+        recorded = json.loads((smoke_run / name / "metrics.json").read_text())
+        assert values["test_accuracy"] == recorded["test_accuracy"]
+        assert values["test_loss"] == pytest.approx(recorded["test_loss"], rel=1e-6)
+    text = cli("evaluate", smoke_run)
+    assert f"Model_B: test accuracy {results['Model_B']['test_accuracy']:.4f}" in text.stdout
+    assert f"({SMOKE_LIMIT} images)" in text.stdout
+
+
+def test_predict_test_images_matches_what_the_run_wrote(smoke_run: Path) -> None:
+    predicted = cli("predict", smoke_run, "--index", "0", "1", "2", "--json")
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout) == json.loads((smoke_run / "predictions.json").read_text())
-    text = run_cli("predict", str(smoke_run), "--index", "5")
-    assert "X_test[5] true 1" in text.stdout and "Model_B:" in text.stdout
-    assert metrics["epochs"] == SMOKE_EPOCHS
+    text = cli("predict", smoke_run, "--index", "5000")  # Any test image, beyond the run's --limit too.
+    assert text.returncode == 0, text.stderr
+    assert "X_test[5000] true 3" in text.stdout and "Model_B:" in text.stdout and "top 3:" in text.stdout
 
 
-def test_train_writes_one_model(tmp_path: Path) -> None:
-    result = run_cli("train", "--model", "B", "--limit", "64", "--epochs", "1", "--out", str(tmp_path / "b"))
+def test_train_is_experiment_with_one_model(tmp_path: Path) -> None:
+    result = cli("train", "--model", "B", "--limit", "64", "--epochs", "1", "--out", tmp_path / "b")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b" / "Model_B" / "model.keras").is_file()
     assert not (tmp_path / "b" / "Model_A").exists()
+    assert RunFolder(tmp_path / "b").config().models == ("B",)
+    assert "Model_B epoch   1/1" in result.stdout
 
 
-def test_the_model_fit_path_on_tensorflow_also_runs(tmp_path: Path) -> None:
+def test_the_model_fit_path_on_tensorflow_runs_and_stays_quiet(tmp_path: Path) -> None:
+    """Another backend needs another process. TF_ENABLE_ONEDNN_OPTS=1 makes TensorFlow log on
+    import on any CPU (as it does by itself on AVX-512 ones): none of it may reach the user."""
     run_dir = tmp_path / "tf"
-    result = run_cli("train", "--model", "A", "--backend", "tensorflow", "--limit", "128", "--epochs", "2", "--out", str(run_dir))
+    arguments = (
+        "train",
+        "--model",
+        "A",
+        "--backend",
+        "tensorflow",
+        "--limit",
+        "128",
+        "--epochs",
+        "2",
+        "--out",
+        run_dir,
+    )
+    result = run_cli(*arguments, env={"TF_ENABLE_ONEDNN_OPTS": "1"})
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     config = json.loads((run_dir / "config.json").read_text())
     assert config["environment"]["backend"] == "tensorflow" and config["trainer_used"] == "keras"
-    history = (run_dir / "Model_A" / "history.csv").read_text().splitlines()
-    assert len(history) == 3
+    assert len((run_dir / "Model_A" / "history.csv").read_text().splitlines()) == 3
 
 
 def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], str]]:
@@ -86,64 +118,106 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
     newer_config = json.loads((smoke_run / "config.json").read_text())
     newer_config["config"]["future_setting"] = 1
     (newer / "config.json").write_text(json.dumps(newer_config))
+    damaged_metrics = tmp_path / "damaged-metrics"
+    (damaged_metrics / "Model_A").mkdir(parents=True)
+    (damaged_metrics / "config.json").write_text((smoke_run / "config.json").read_text())
+    for name in ("model.keras", "history.csv"):
+        (damaged_metrics / "Model_A" / name).write_bytes((smoke_run / "Model_A" / name).read_bytes())
+    (damaged_metrics / "Model_A" / "metrics.json").write_text('{"model": "Model_A"}')
     return [
         (["experiment", "--epochs", "0"], "must be at least 1"),
         (["experiment", "--batch-size", "-4"], "must be at least 1"),
         (["experiment", "--models", "A,C"], "choose from A, B"),
         (["experiment", "--colour", "red"], "unrecognized arguments"),
-        (["experiment", "--backend", "tensorflow", "--trainer", "fused"], "needs the JAX backend"),
-        (["experiment", "--limit", "50", "--batch-size", "64", "--out", str(tmp_path / "small")], "larger than the 50 training images"),
-        (["experiment", "--resume", str(not_a_run)], "not a run folder"),
-        (["experiment", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "r")], "does not exist"),
-        (["evaluate", str(tmp_path / "missing-run")], "does not exist"),
-        (["evaluate", str(not_a_run)], "not a run folder"),
-        (["predict", str(corrupt)], "not a readable .keras model"),
-        (["predict", str(newer)], "newer mnist-cnn"),
-        (["predict", str(smoke_run), "--index", "99999"], "out of range"),
+        (["experiment", "--limit", "50", "--batch-size", "64", "--out", tmp_path / "small"], "larger than the 50"),
+        (["experiment", "--resume", not_a_run], "not a run folder"),
+        (["experiment", "--data", tmp_path / "nope.npz", "--out", tmp_path / "r"], "does not exist"),
+        (["experiment", "--out", smoke_run / "Model_A" / "model.keras"], "cannot create run folder"),
+        (["experiment", "--limit", "300", "--epochs", "2", "--out", damaged_metrics], "not a valid mnist-cnn record"),
+        (["evaluate", tmp_path / "missing-run"], "does not exist"),
+        (["evaluate", not_a_run], "not a run folder"),
+        (["predict", corrupt], "not a readable .keras model"),
+        (["predict", newer], "newer mnist-cnn"),
+        (["predict", smoke_run, "--index", "99999"], "out of range"),
+        (["predict", smoke_run, "seven.png", "--show-input", smoke_run / "config.json"], "cannot write"),
     ]
 
 
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, smoke_run: Path) -> None:
+    (tmp_path / "seven.png").write_bytes(drawn_seven_png())
     for arguments, message in bad_input_cases(tmp_path, smoke_run):
-        result = run_cli(*arguments)
+        arguments = [str(tmp_path / "seven.png") if argument == "seven.png" else argument for argument in arguments]
+        result = cli(*arguments)
         assert result.returncode == 2, (arguments, result.stderr)
         assert message in result.stderr, (arguments, result.stderr)
         assert "Traceback" not in result.stderr, arguments
         assert len(result.stderr.strip().splitlines()) == 1, (arguments, result.stderr)
 
 
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_a_bad_input_in_a_real_process_prints_only_its_one_line(backend: str, tmp_path: Path) -> None:
+    """What the user sees in a terminal: the one line, and no TensorFlow log lines before it
+    (TF_ENABLE_ONEDNN_OPTS=1 makes TensorFlow log on import on any CPU, as AVX-512 ones do)."""
+    quiet = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    result = run_cli("evaluate", tmp_path / "missing-run", "--backend", backend, env=quiet)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"mnist-cnn: error: run folder {tmp_path / 'missing-run'} does not exist; "
+        "pass a folder written by 'mnist-cnn experiment'"
+    ]
+    if backend == "tensorflow":  # The in-process tests run JAX: another backend needs its own process.
+        result = run_cli("experiment", "--backend", backend, "--trainer", "fused", env=quiet)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "mnist-cnn: error: the fused trainer needs the JAX backend: use --backend jax or --trainer keras"
+        ]
+
+
+def test_a_bug_keeps_its_traceback_and_exits_1(smoke_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(args, backend):
+        return {}["no such key"]
+
+    monkeypatch.setitem(cli_module.COMMANDS, "evaluate", broken)
+    result = cli("evaluate", smoke_run)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "KeyError: 'no such key'" in result.stderr
+    assert "this is a bug in mnist-cnn" in result.stderr.splitlines()[-1]
+
+
+def drawn_seven_png(size: tuple[int, int] = (300, 200), width: int = 16) -> bytes:
+    import io
+
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).line([(120, 40), (200, 40), (140, 170)], fill="black", width=width)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def test_predict_image_files_processes_the_good_ones_and_reports_the_bad(smoke_run: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from PIL import Image, ImageDraw
-
     good = tmp_path / "seven.jpg"
-    image = Image.new("RGB", (300, 200), "white")
-    ImageDraw.Draw(image).line([(120, 40), (200, 40), (140, 170)], fill="black", width=16)
-    image.save(good)
+    good.write_bytes(drawn_seven_png())
     not_image = tmp_path / "notes.png"
     not_image.write_text("not an image")
     blank = tmp_path / "blank.gif"
     Image.new("L", (40, 40), 255).save(blank)
     shown = tmp_path / "seen"
-    result = run_cli("predict", str(smoke_run), str(good), str(not_image), str(blank), str(tmp_path / "missing.webp"),
-                     "--json", "--show-input", str(shown))
+    missing = tmp_path / "missing.webp"
+    result = cli("predict", smoke_run, good, not_image, blank, missing, "--json", "--show-input", shown)
     assert result.returncode == 2
     answers = json.loads(result.stdout)
     assert [entry["image"] for entry in answers] == [str(good)]
     assert set(answers[0]["predictions"]) == {"Model_A", "Model_B"}
     assert len(answers[0]["predictions"]["Model_A"]["top"]) == 3
-    assert (shown / "seven-28x28.png").is_file()
     assert Image.open(shown / "seven-28x28.png").size == (28, 28)
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and "Traceback" not in result.stderr
     assert "notes.png: not a readable image" in errors[0]
     assert "blank.gif: the image is blank" in errors[1]
     assert "missing.webp: no such file" in errors[2]
-    piped = subprocess.run(
-        [sys.executable, "-m", "mnist_cnn.cli", "predict", str(smoke_run), "-"],
-        input=good.read_bytes(), capture_output=True, timeout=300,
-    )
+    piped = cli("predict", smoke_run, "-", stdin=good.read_bytes())
     assert piped.returncode == 0, piped.stderr
-    assert b"Model_A:" in piped.stdout and b"top 3:" in piped.stdout
+    assert piped.stdout.startswith("-\n") and "Model_A:" in piped.stdout and "top 3:" in piped.stdout
+    # The same image gives the same answer whichever way it comes in.
+    by_file = cli("predict", smoke_run, good)
+    assert by_file.stdout.splitlines()[1:] == piped.stdout.splitlines()[1:]

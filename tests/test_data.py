@@ -23,13 +23,17 @@ def test_bundled_mnist_is_split_as_the_specification_says() -> None:
     assert counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-def test_auto_uses_the_bundled_copy_when_the_keras_cache_is_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_uses_the_bundled_copy_when_the_keras_cache_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     assert not data.keras_cache_is_genuine()
     assert data.load_mnist("auto", limit=10).source.startswith("bundled")
 
 
-def test_auto_uses_keras_when_its_cache_holds_the_genuine_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_arrays) -> None:
+def test_auto_uses_keras_when_its_cache_holds_the_genuine_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_arrays
+) -> None:
     cache = tmp_path / "datasets" / "mnist.npz"
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"stand-in for the genuine file")
@@ -80,7 +84,7 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
 @pytest.mark.parametrize("compress", [False, True])
 def test_a_folder_of_idx_files_loads(tmp_path: Path, small_arrays, compress: bool) -> None:
     (x_train, y_train), (x_test, y_test) = small_arrays
-    for name, array in zip(data.IDX_FILES.values(), (x_train, y_train, x_test, y_test)):
+    for name, array in zip(data.IDX_FILES.values(), (x_train, y_train, x_test, y_test), strict=True):
         write_idx(tmp_path / name, array, compress)
     splits = data.load_mnist(str(tmp_path))
     np.testing.assert_array_equal(splits.y_train, y_train[6000:])
@@ -104,7 +108,9 @@ def corrupt_cases(small_arrays):
     }
 
 
-@pytest.mark.parametrize("case", ["wrong shape", "wrong dtype", "label out of range", "label count mismatch", "too few to split"])
+@pytest.mark.parametrize(
+    "case", ["wrong shape", "wrong dtype", "label out of range", "label count mismatch", "too few to split"]
+)
 def test_malformed_arrays_are_refused_with_the_file_named(tmp_path: Path, small_arrays, case: str) -> None:
     overrides, message = corrupt_cases(small_arrays)[case]
     path = save_npz(tmp_path / "bad.npz", small_arrays, **overrides)
@@ -134,7 +140,7 @@ def test_missing_arrays_truncated_and_non_npz_files_are_refused(tmp_path: Path, 
 
 def test_bad_idx_files_are_refused(tmp_path: Path, small_arrays) -> None:
     (x_train, y_train), (x_test, y_test) = small_arrays
-    for name, array in zip(data.IDX_FILES.values(), (x_train, y_train, x_test, y_test)):
+    for name, array in zip(data.IDX_FILES.values(), (x_train, y_train, x_test, y_test), strict=True):
         write_idx(tmp_path / name, array, compress=False)
     labels = tmp_path / data.IDX_FILES["y_test"]
     labels.write_bytes(labels.read_bytes()[:-3])

@@ -8,8 +8,9 @@ import pytest
 
 from mnist_cnn import fused
 from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
-from mnist_cnn.experiment import seeded_model
-from mnist_cnn.training import epoch_order
+from mnist_cnn.data import epoch_order
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.models import seeded_model
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_fused_gradients_equal_keras_autodiff(key: str, images_and_labels) -> No
     assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
     probabilities = np.asarray(model.predict_on_batch(images))
     assert int(correct) == int(np.sum(probabilities.argmax(axis=1) == labels))
-    for variable, got, want in zip(model.trainable_variables, actual, expected):
+    for variable, got, want in zip(model.trainable_variables, actual, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6, err_msg=variable.path)
 
 
@@ -72,5 +73,16 @@ def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
 
 
 def test_fused_trainer_refuses_other_backends() -> None:
-    with pytest.raises(ValueError, match="JAX backend"):
+    with pytest.raises(ConfigError, match="JAX backend"):
         ExperimentConfig(backend="tensorflow", trainer="fused")
+    with pytest.raises(ConfigError, match="JAX backend"):
+        ExperimentConfig(trainer="fused").for_backend("torch")
+
+
+def test_a_config_for_another_backend_is_refused_before_training(tmp_path) -> None:
+    """Keras runs JAX in this process: a run asking for TensorFlow fails at once, clearly."""
+    from mnist_cnn.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match="for the tensorflow backend but Keras is running jax"):
+        run_experiment(ExperimentConfig(backend="tensorflow", limit=64, epochs=1), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,9 @@ from PIL import Image, ImageDraw
 from mnist_cnn.preprocess import ImageInputError, prepare_digit, read_image_bytes
 
 
-def drawn_seven(size: int = 200, box=(40, 30, 160, 170), ink: int = 255, paper: int = 0, width: int = 14) -> Image.Image:
+def drawn_seven(
+    size: int = 200, box=(40, 30, 160, 170), ink: int = 255, paper: int = 0, width: int = 14
+) -> Image.Image:
     image = Image.new("L", (size, size), paper)
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = box
@@ -66,7 +68,11 @@ def test_common_formats_decode(format: str) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "empty file"), (b"hello, not an image", "not a readable image"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image")],
+    [
+        (b"", "empty file"),
+        (b"hello, not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image"),
+    ],
 )
 def test_bad_bytes_are_refused_clearly(content: bytes, message: str) -> None:
     with pytest.raises(ImageInputError, match=message):

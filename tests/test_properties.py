@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import data
-from mnist_cnn.checkpoints import CheckpointError, read_checkpoint
-from mnist_cnn.errors import DataError
+from mnist_cnn.checkpoints import read_checkpoint_state
+from mnist_cnn.errors import CheckpointError, DataError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -35,9 +35,8 @@ VALID_NPZ = valid_npz_bytes()
 
 
 def write_temporary(content: bytes, suffix: str) -> Path:
-    handle = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
-    handle.write(content)
-    handle.close()
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as handle:
+        handle.write(content)
     return Path(handle.name)
 
 
@@ -69,8 +68,14 @@ def valid_checkpoint_bytes() -> bytes:
     import json
 
     buffer = io.BytesIO()
-    document = {"format": 1, "model": "Model_A", "state": {"epochs_done": 1, "history": [], "training_seconds": 1.0}}
-    np.savez(buffer, weight_0=np.zeros((3, 3, 1, 2), np.float32), document=np.frombuffer(json.dumps(document).encode(), np.uint8))
+    row = {"epoch": 1, "loss": 2.3, "accuracy": 0.1, "val_loss": 2.2, "val_accuracy": 0.2, "seconds": 1.0}
+    state = {"epochs_done": 1, "history": [row], "training_seconds": 1.0, "seed": 42}
+    document = {"format": 1, "model": "Model_A", "state": state}
+    np.savez(
+        buffer,
+        weight_0=np.zeros((3, 3, 1, 2), np.float32),
+        document=np.frombuffer(json.dumps(document).encode(), np.uint8),
+    )
     return buffer.getvalue()
 
 
@@ -80,8 +85,8 @@ VALID_CHECKPOINT = valid_checkpoint_bytes()
 def read_or_checkpoint_error(content: bytes) -> None:
     path = write_temporary(content, ".npz")
     try:
-        document, arrays = read_checkpoint(path)
-        assert isinstance(document["state"], dict)
+        state = read_checkpoint_state(path)
+        assert state.epochs_done == len(state.history)
     except CheckpointError:
         pass
     finally:
@@ -112,7 +117,9 @@ def test_truncated_file(reader: str, fraction: float) -> None:
 
 @reader_names
 @SETTINGS
-@given(fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True), value=st.integers(min_value=0, max_value=255))
+@given(
+    fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True), value=st.integers(min_value=0, max_value=255)
+)
 def test_one_corrupted_byte(reader: str, fraction: float, value: int) -> None:
     valid, read = READERS[reader]
     corrupted = bytearray(valid)

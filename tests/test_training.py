@@ -6,7 +6,8 @@ import pytest
 
 from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
 from mnist_cnn.data import load_mnist
-from mnist_cnn.experiment import load_model, save_model, seeded_model
+from mnist_cnn.models import seeded_model
+from mnist_cnn.runs import ModelFolder
 from mnist_cnn.training import ExperimentProgress, train_model
 
 
@@ -15,10 +16,11 @@ def small_splits():
     return load_mnist("bundled", limit=640)
 
 
-def train_small(splits, epochs: int, seed: int = 7, key: str = "A"):
-    config = ExperimentConfig(models=(key,), epochs=epochs, seed=seed, limit=640, steps_per_execution=8)
+def train_small(splits, epochs: int, seed: int = 7, key: str = "A", trainer: str = "auto"):
+    config = ExperimentConfig(
+        models=(key,), epochs=epochs, seed=seed, limit=640, steps_per_execution=8, trainer=trainer
+    ).for_backend(keras.backend.backend())
     model = seeded_model(MODEL_VARIANTS[key], config)
-    keras.utils.set_random_seed(config.seed)
     return model, train_model(model, splits, config)
 
 
@@ -26,7 +28,7 @@ def test_training_lowers_the_loss_and_records_every_epoch(small_splits) -> None:
     _, result = train_small(small_splits, epochs=4)
     losses = [row["loss"] for row in result.history]
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:], strict=False)), losses
     assert losses[-1] < losses[0] - 0.1, losses
     assert all(row["seconds"] > 0 for row in result.history)
     assert result.training_seconds >= sum(row["seconds"] for row in result.history) * 0.99
@@ -42,12 +44,24 @@ def test_the_same_seed_gives_the_same_history(small_splits) -> None:
     assert [row["loss"] for row in first.history] != [row["loss"] for row in other.history]
 
 
+def test_the_fused_trainer_and_model_fit_reach_the_same_weights(small_splits) -> None:
+    """Same backend (JAX), same seed, same batches: the two trainers are the same maths."""
+    fused_model, fused = train_small(small_splits, epochs=1, trainer="fused")
+    keras_model, fitted = train_small(small_splits, epochs=1, trainer="keras")
+    for variable, got, want in zip(
+        fused_model.trainable_variables, fused_model.get_weights(), keras_model.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=variable.path)
+    assert fused.history[0]["loss"] == pytest.approx(fitted.history[0]["loss"], rel=1e-4)
+    assert fused.history[0]["val_accuracy"] == pytest.approx(fitted.history[0]["val_accuracy"], abs=1e-9)
+
+
 def test_a_saved_model_reloads_and_predicts_the_same(small_splits, tmp_path: Path) -> None:
     model, _ = train_small(small_splits, epochs=1, key="B")
-    path = tmp_path / "model.keras"
-    save_model(model, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # No temporary file left behind.
-    reloaded = load_model(path)
+    folder = ModelFolder(tmp_path / "Model_B")
+    folder.save_model(model)
+    assert [p.name for p in folder.path.iterdir()] == ["model.keras"]  # No temporary file left behind.
+    reloaded = folder.load_model()
     assert reloaded.name == "Model_B" and reloaded.count_params() == 2_185_150
     images = small_splits.X_test[:16]
     np.testing.assert_allclose(reloaded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-6, atol=1e-7)

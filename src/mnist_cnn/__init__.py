@@ -1,9 +1,24 @@
 """mnist-cnn: train, compare and serve small convolutional networks for MNIST digits.
 
-The package is laid out in story order:
-config (what to run) -> data (MNIST, offline) -> models (one parametric CNN builder)
--> training (model.fit with timing, progress and checkpoints) -> evaluation
--> reporting (figures, comparison tables) -> experiment (ties it together) -> cli.
+The modules, in story order (each imports only modules above it; no import circle):
+
+- errors       every error a user can cause (UserError and its kinds)
+- config       what to run: the specification's defaults, Model_A/Model_B as named variants
+- results      typed results (metrics, predictions, comparison, checkpoint state) and their JSON
+- runs         the run folder: every file name, atomic writes, status, lock, model save/load
+- data         MNIST the Keras way, offline when it has to be; the split; the epoch order
+- environment  choosing the Keras backend (quietly) and describing the machine
+- models       one parametric CNN builder
+- training     the epoch loop, both trainers, progress and ETA
+- fused        the fast trainer: the same model as one compiled JAX step
+- checkpoints  per-epoch checkpoints
+- preprocess   any photo or drawing of a digit -> the 28x28 image the models expect
+- inference    a prepared digit -> every model's answer (used by predict and serve)
+- evaluation   test metrics, inference timing, predictions for test images
+- reporting    figures and the comparison table
+- experiment   run_experiment(config, run_dir): the whole specification, resumable
+- serve        the draw-a-digit web app and JSON API
+- cli          the mnist-cnn command: parsing and printing only
 """
 
 __version__ = "0.1.0"

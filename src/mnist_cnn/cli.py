@@ -1,7 +1,9 @@
 """The ``mnist-cnn`` command line: parse flags, choose the backend, call the library.
 
-Keras is imported only after the flags are read, because the backend must be fixed first.
-Errors a user can fix print one line and exit 2; --debug shows the traceback instead.
+Parsing and printing only: the work is done by the library's functions. Keras is imported
+only after the flags are read, because the backend must be fixed first. Errors a user can fix
+(``UserError``) print one line and exit 2 (--debug shows the traceback instead); anything
+else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import argparse
 import json
 import signal
 import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mnist_cnn import __version__
 from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND, MODEL_VARIANTS, OPTIMIZERS, TRAINERS, ExperimentConfig
 from mnist_cnn.errors import UserError
 
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -37,7 +42,9 @@ def whole_number(minimum: int) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}" if minimum else f"{text} must be 0 or more")
+            raise argparse.ArgumentTypeError(
+                f"{text} must be at least {minimum}" if minimum else f"{text} must be 0 or more"
+            )
         return value
 
     return parse
@@ -61,24 +68,48 @@ def model_list(text: str) -> tuple[str, ...]:
     keys = tuple(part.strip().upper() for part in text.split(",") if part.strip())
     unknown = [key for key in keys if key not in MODEL_VARIANTS]
     if not keys or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(MODEL_VARIANTS)}, comma-separated (e.g. A,B)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose from {', '.join(MODEL_VARIANTS)}, comma-separated (e.g. A,B)"
+        )
     return keys
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     defaults = ExperimentConfig()
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="epochs per model (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)")
-    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="random seed for weights and shuffling (default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=defaults.epochs, help="epochs per model (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=defaults.seed,
+        help="random seed for weights and shuffling (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<timestamp>)")
     parser.add_argument(
         "--data",
         default=defaults.data,
-        help="MNIST source: auto, keras, bundled, an .npz in the Keras layout, or a folder of IDX files (default: %(default)s)",
+        help="MNIST source: auto, keras, bundled, an .npz in the Keras layout, or a folder of IDX files "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--limit", type=positive_int, default=None, help="train on only the first N images, for a quick smoke run (default: all)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="optimizer (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        help="train on only the first N images, for a quick smoke run (default: all)",
+    )
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="optimizer (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=defaults.learning_rate,
+        help="learning rate (default: %(default)s)",
+    )
     parser.add_argument(
         "--steps-per-execution",
         type=positive_int,
@@ -110,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    experiment = commands.add_parser("experiment", help="the whole specification: train, compare and predict with Model_A and Model_B")
-    experiment.add_argument("--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)")
+    experiment = commands.add_parser(
+        "experiment", help="the whole specification: train, compare and predict with Model_A and Model_B"
+    )
+    experiment.add_argument(
+        "--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)"
+    )
     experiment.add_argument(
         "--resume",
         type=Path,
@@ -121,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_training_flags(experiment)
 
-    train = commands.add_parser("train", help="train one model into a run folder")
-    train.add_argument("--model", type=model_list, required=True, help="A or B")
+    train = commands.add_parser("train", help="train one model into a run folder (experiment --models X)")
+    train.add_argument("--model", dest="models", type=model_list, required=True, help="A or B")
+    train.set_defaults(resume=None)
     add_training_flags(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's saved models on the test set")
@@ -131,11 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     add_backend_flag(evaluate)
 
-    predict = commands.add_parser("predict", help="predict digits in image files, or test-set digits, with a run's saved models")
+    predict = commands.add_parser(
+        "predict", help="predict digits in image files, or test-set digits, with a run's saved models"
+    )
     predict.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
-    predict.add_argument("images", nargs="*", help="image files (PNG, JPEG, BMP, GIF, WebP; - for standard input) (default: none, use --index)")
-    predict.add_argument("--index", type=non_negative_int, nargs="+", default=[0, 1, 2], help="test-set indices, when no image is given (default: 0 1 2)")
-    predict.add_argument("--show-input", type=Path, default=None, metavar="DIR", help="save the 28x28 image each model saw into DIR (default: off)")
+    predict.add_argument(
+        "images",
+        nargs="*",
+        help="image files (PNG, JPEG, BMP, GIF, WebP; - for standard input) (default: none, use --index)",
+    )
+    predict.add_argument(
+        "--index",
+        type=non_negative_int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="test-set indices, when no image is given (default: 0 1 2)",
+    )
+    predict.add_argument(
+        "--show-input",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save the 28x28 image each model saw into DIR (default: off)",
+    )
     predict.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     add_backend_flag(predict)
@@ -149,9 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig:
-    models = args.models if args.command == "experiment" else args.model
     return ExperimentConfig(
-        models=models,
+        models=args.models,
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -167,22 +220,21 @@ def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig
 
 def command_experiment(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.experiment import run_experiment
-    from mnist_cnn.runs import new_run_dir
+    from mnist_cnn.runs import RunFolder
 
-    if getattr(args, "resume", None) is not None:
-        from mnist_cnn.runs import stored_config
-
-        run_dir = args.resume
-        config = stored_config(run_dir)
-        if config.backend != backend:
-            raise UserError(f"{run_dir} was trained on the {config.backend} backend; resume it with --backend {config.backend}")
+    if args.resume is not None:
+        run = RunFolder.existing(args.resume)
+        config = run.config()
     else:
         config = config_from_args(args, backend)
-        run_dir = args.out or new_run_dir()
+        run = RunFolder(args.out) if args.out is not None else RunFolder.new()
     try:
-        run_experiment(config, run_dir)
+        run_experiment(config, run.path)
     except KeyboardInterrupt:
-        print(f"mnist-cnn: interrupted; finished epochs are saved. Resume with: mnist-cnn experiment --resume {run_dir}", file=sys.stderr)
+        print(
+            f"mnist-cnn: interrupted; finished epochs are saved. Resume with: mnist-cnn experiment --resume {run.path}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     return 0
 
@@ -190,62 +242,51 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
 def command_evaluate(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluation import evaluate_model
-    from mnist_cnn.experiment import load_run_models
-    from mnist_cnn.runs import stored_config as run_config
+    from mnist_cnn.runs import RunFolder
 
-    config = run_config(args.run_dir)
-    models = load_run_models(args.run_dir)
-    splits = load_mnist(args.data or config.data, config.validation_size)
+    run = RunFolder.existing(args.run_dir)
+    config = run.config()
+    models = run.load_models()
+    splits = load_mnist(args.data or config.data, config.validation_size, config.limit)  # The run's own test set.
     results = {name: evaluate_model(model, splits.X_test, splits.y_test) for name, model in models.items()}
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        for name, values in results.items():
-            print(f"{name}: test accuracy {values['test_accuracy']:.4f}, test loss {values['test_loss']:.4f} ({len(splits.X_test)} images)")
+        return 0
+    for name, values in results.items():
+        print(
+            f"{name}: test accuracy {values['test_accuracy']:.4f}, test loss {values['test_loss']:.4f} "
+            f"({len(splits.X_test)} images)"
+        )
     return 0
 
 
 def command_predict(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.data import load_mnist
-    from mnist_cnn.experiment import load_run_models, predict_test_images
-    from mnist_cnn.runs import stored_config as run_config
+    from mnist_cnn.evaluation import predict_test_images
+    from mnist_cnn.runs import RunFolder
 
-    config = run_config(args.run_dir)
-    models = load_run_models(args.run_dir)
+    run = RunFolder.existing(args.run_dir)
+    config = run.config()
+    models = run.load_models()
     if args.images:
         return predict_image_files(models, args)
-    splits = load_mnist(args.data or config.data, config.validation_size)
+    splits = load_mnist(args.data or config.data, config.validation_size)  # Any test image, whatever the run's --limit.
     result = predict_test_images(models, splits, args.index)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
         return 0
-    for position, index in enumerate(result["indices"]):
-        print(f"X_test[{index}] true {result['true_labels'][position]}")
-        for name, answers in result["predictions"].items():
-            answer = answers[position]
-            top = ", ".join(f"{item['digit']} {item['probability']:.1%}" for item in answer["top"])
-            print(f"  {name}: {answer['digit']} ({answer['probability']:.1%}); top 3: {top}")
+    for position, index in enumerate(result.indices):
+        print(f"X_test[{index}] true {result.true_labels[position]}")
+        for name, answers in result.predictions.items():
+            print(f"  {name}: {answers[position].describe()}")
     return 0
-
-
-def resumed_backend(args: argparse.Namespace) -> str | None:
-    """A resumed run continues on the backend it started on, unless --backend says otherwise."""
-    if getattr(args, "resume", None) is None:
-        return None
-    from mnist_cnn.runs import stored_config
-
-    return stored_config(args.resume).backend
-
-
-def stop_on_sigterm(signum: int, frame: Any) -> None:
-    """`kill` (SIGTERM) stops like Ctrl-C: the run is marked interrupted and can be resumed."""
-    raise KeyboardInterrupt
 
 
 def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int:
     """Predict each image file; a bad file gets its own error line and the others go on."""
-    from mnist_cnn.evaluation import describe_prediction, predict_images
-    from mnist_cnn.preprocess import ImageInputError, prepare_digit, read_image_bytes, read_image_file
+    from mnist_cnn.errors import ImageInputError
+    from mnist_cnn.inference import predict_digit, save_model_input
+    from mnist_cnn.preprocess import prepare_digit, read_image_bytes, read_image_file
 
     results, failures = [], 0
     for source in args.images:
@@ -259,30 +300,38 @@ def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int
             print(f"mnist-cnn: error: {error}", file=sys.stderr)
             failures += 1
             continue
-        answers = {name: describe_prediction(predict_images(model, digit[None, :, :, None])[0]) for name, model in models.items()}
-        entry: dict[str, Any] = {"image": source, "predictions": answers}
+        answers = predict_digit(models, digit)
+        entry: dict[str, Any] = {
+            "image": source,
+            "predictions": {
+                name: {key: value for key, value in answer.to_json().items() if key != "probabilities"}
+                for name, answer in answers.items()
+            },
+        }
         if args.show_input is not None:
             entry["model_input"] = str(save_model_input(digit, source, args.show_input))
         results.append(entry)
         if not args.json:
             print(source)
             for name, answer in answers.items():
-                top = ", ".join(f"{item['digit']} {item['probability']:.1%}" for item in answer["top"])
-                print(f"  {name}: {answer['digit']} ({answer['probability']:.1%}); top 3: {top}")
+                print(f"  {name}: {answer.describe()}")
     if args.json:
         print(json.dumps(results, indent=2))
     return EXIT_USER_ERROR if failures else 0
 
 
-def save_model_input(digit: Any, source: str, folder: Path) -> Path:
-    """Write the 28x28 image the models saw, as a PNG named after the input."""
-    from mnist_cnn.preprocess import digit_png
-    from mnist_cnn.runs import write_bytes
+def resumed_backend(args: argparse.Namespace) -> str | None:
+    """A resumed run continues on the backend it started on, unless --backend says otherwise."""
+    if getattr(args, "resume", None) is None:
+        return None
+    from mnist_cnn.runs import RunFolder
 
-    stem = "stdin" if source == "-" else Path(source).stem
-    path = folder / f"{stem}-28x28.png"
-    write_bytes(path, digit_png(digit))
-    return path
+    return RunFolder.existing(args.resume).config().backend
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """`kill` (SIGTERM) stops like Ctrl-C: the run is marked interrupted and can be resumed."""
+    raise KeyboardInterrupt
 
 
 def command_serve(args: argparse.Namespace, backend: str) -> int:
@@ -302,8 +351,10 @@ COMMANDS: dict[str, Any] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 a bug, 2 a user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         from mnist_cnn.environment import select_backend
 
@@ -316,22 +367,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UserError, ValueError) as error:
+    except UserError as error:
         if args.debug:
             raise
         print(f"mnist-cnn: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as error:  # A full disk, a read-only folder, a vanished file.
-        if args.debug:
-            raise
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"mnist-cnn: error: {error.strerror or error}{where}; free some space or choose a writable --out", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Exception as error:
-        if args.debug:
-            raise
-        print(f"mnist-cnn: unexpected {error.__class__.__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    except Exception:
+        # Not something the user did: a bug. Keep the traceback, it is what a report needs.
+        traceback.print_exc()
+        print(
+            f"mnist-cnn: this is a bug in mnist-cnn {__version__}; please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+    finally:
+        signal.signal(signal.SIGINT, previous_handlers[0])
+        signal.signal(signal.SIGTERM, previous_handlers[1])
 
 
 if __name__ == "__main__":

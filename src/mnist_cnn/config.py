@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mnist_cnn.errors import ConfigError
+
 # The backend measured fastest for the whole seed protocol on the reference machine
 # (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
 DEFAULT_BACKEND = "jax"
@@ -17,6 +19,9 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 # "fused": the compiled JAX training step of fused.py (JAX backend only); "keras": model.fit;
 # "auto": fused on JAX, model.fit on the other backends.
 TRAINERS = ("auto", "fused", "keras")
+# Evaluation and inference are forward passes only: big batches make them cheap without
+# changing their results. One constant for validation, test evaluation and timing.
+EVALUATION_BATCH_SIZE = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,9 @@ class ExperimentConfig:
     # Steps run per call of the compiled train function. It changes nothing in the maths
     # (same batches, same order, same updates) and cuts per-step overhead.
     steps_per_execution: int = 64
-    backend: str = DEFAULT_BACKEND
+    # None: whatever backend Keras runs in this process. A run binds it (``for_backend``)
+    # before training, so config.json always names the backend that really ran.
+    backend: str | None = None
     trainer: str = "auto"
 
     def __post_init__(self) -> None:
@@ -64,11 +71,11 @@ class ExperimentConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"config has unknown settings {unknown}; it was written by a newer "
                 "mnist-cnn: upgrade mnist-cnn to read it"
             )
@@ -77,10 +84,23 @@ class ExperimentConfig:
             values["models"] = tuple(values["models"])
         return cls(**values)
 
+    def for_backend(self, backend: str) -> ExperimentConfig:
+        """This config bound to the backend Keras actually runs; a clear error if it cannot be.
+
+        Keras fixes its backend when first imported, so a config that names another one, or
+        a trainer that does not fit it, is refused here, before any data is loaded.
+        """
+        if self.backend is not None and self.backend != backend:
+            raise ConfigError(
+                f"this run is for the {self.backend} backend but Keras is running {backend}: "
+                f"use --backend {self.backend} (or set KERAS_BACKEND={self.backend} before Keras is imported)"
+            )
+        return dataclasses.replace(self, backend=backend)
+
     def resolved_trainer(self) -> str:
         """The training path this config really uses (``auto`` picks by backend)."""
         if self.trainer == "auto":
-            return "fused" if self.backend == "jax" else "keras"
+            return "fused" if (self.backend or DEFAULT_BACKEND) == "jax" else "keras"
         return self.trainer
 
     def model_specs(self) -> list[ModelSpec]:
@@ -88,37 +108,35 @@ class ExperimentConfig:
 
 
 def validate_config(config: ExperimentConfig) -> None:
-    """Raise ValueError with a message a user can act on when a setting is out of range."""
+    """Raise ConfigError with a message a user can act on when a setting is out of range."""
     if not config.models:
-        raise ValueError("no models chosen: use --models A, B or A,B")
+        raise ConfigError("no models chosen: use --models A, B or A,B")
     for key in config.models:
         if key not in MODEL_VARIANTS:
-            raise ValueError(
-                f"unknown model {key!r}: choose from {', '.join(MODEL_VARIANTS)} (e.g. --models A,B)"
-            )
+            raise ConfigError(f"unknown model {key!r}: choose from {', '.join(MODEL_VARIANTS)} (e.g. --models A,B)")
     if len(set(config.models)) != len(config.models):
-        raise ValueError(f"a model is named twice in --models {','.join(config.models)}")
+        raise ConfigError(f"a model is named twice in --models {','.join(config.models)}")
     _require_positive("epochs", config.epochs)
     _require_positive("batch size", config.batch_size)
     _require_positive("steps per execution", config.steps_per_execution)
     if config.limit is not None:
         _require_positive("limit", config.limit)
     if not 0 < config.validation_size < 60000:
-        raise ValueError(f"validation size must be between 1 and 59999, got {config.validation_size}")
+        raise ConfigError(f"validation size must be between 1 and 59999, got {config.validation_size}")
     if config.seed < 0:
-        raise ValueError(f"seed must be 0 or more, got {config.seed}")
+        raise ConfigError(f"seed must be 0 or more, got {config.seed}")
     if not config.learning_rate > 0:
-        raise ValueError(f"learning rate must be positive, got {config.learning_rate}")
+        raise ConfigError(f"learning rate must be positive, got {config.learning_rate}")
     if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
     if config.trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {config.trainer!r}: choose from {', '.join(TRAINERS)}")
-    if config.trainer == "fused" and config.backend != "jax":
-        raise ValueError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
-    if config.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {config.backend!r}: choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown trainer {config.trainer!r}: choose from {', '.join(TRAINERS)}")
+    if config.trainer == "fused" and config.backend not in (None, "jax"):
+        raise ConfigError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
+    if config.backend is not None and config.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {config.backend!r}: choose from {', '.join(BACKENDS)}")
 
 
 def _require_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value}")
+        raise ConfigError(f"{name} must be a whole number of at least 1, got {value}")

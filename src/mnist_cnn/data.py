@@ -43,10 +43,21 @@ SOURCES = ("auto", "keras", "bundled")
 
 RawArrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-# What a damaged zip archive (an .npz) can raise while being read.
+# What a damaged zip archive (an .npz) can raise while being read: zipfile's own errors
+# (BadZipFile, NotImplementedError for a corrupted compression method, zlib.error,
+# struct.error, EOFError, KeyError for a vanished member), OSError, and NumPy's header
+# parser (ValueError, UnicodeDecodeError, and TypeError for a dtype descriptor it does
+# not know, e.g. '<v1' after a flipped byte).
 ARCHIVE_ERRORS = (
-    OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, NotImplementedError,
-    zipfile.BadZipFile, zlib.error, struct.error, UnicodeDecodeError,
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    TypeError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
 )
 
 
@@ -96,6 +107,16 @@ def load_mnist(source: str = "auto", validation_size: int = 6000, limit: int | N
         y_test=y_test.astype("int64"),
         source=described,
     )
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The shuffled order of the training images in epoch ``epoch`` (0-based).
+
+    A function of the seed and the epoch only (not of any generator's state), so a run that
+    resumes after an interruption visits the very batches it would have visited had it run
+    straight through. Both trainers use it.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(count)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -182,7 +203,9 @@ def read_npz(path: Path, expected_sha256: dict[str, str] | None = None) -> RawAr
     except DataError:
         raise
     except ARCHIVE_ERRORS as error:
-        raise DataError(f"{path}: cannot read it as an .npz file ({error}); the file may be truncated or corrupt") from None
+        raise DataError(
+            f"{path}: cannot read it as an .npz file ({error}); the file may be truncated or corrupt"
+        ) from None
     if expected_sha256 is not None:
         for name, expected in expected_sha256.items():
             actual = hashlib.sha256(np.ascontiguousarray(arrays[name]).tobytes()).hexdigest()

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
+import tempfile
 from importlib import metadata
 from typing import Any
 
 from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND
+from mnist_cnn.errors import ConfigError
+
+# What TensorFlow writes straight to the stderr file descriptor when it loads, whatever
+# TF_CPP_MIN_LOG_LEVEL says: absl's "All log messages before absl::InitializeLog()" banner and
+# glog-style lines such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on"
+# (on CPUs where oneDNN switches on, e.g. AVX-512 ones), and the continuation of the
+# cpu_feature_guard notice.
+TENSORFLOW_START_UP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    r"|To enable the following instructions:)"
+)
 
 
 def select_backend(backend: str | None = None) -> str:
@@ -19,15 +32,49 @@ def select_backend(backend: str | None = None) -> str:
     """
     chosen = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
     if chosen not in BACKENDS:
-        raise ValueError(f"unknown Keras backend {chosen!r}: choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown Keras backend {chosen!r}: choose from {', '.join(BACKENDS)}")
     if "keras" in sys.modules:
         import keras
 
         if keras.backend.backend() != chosen:
-            raise RuntimeError(f"keras was imported with backend {keras.backend.backend()!r} before {chosen!r} was chosen")
+            raise ConfigError(
+                f"Keras already runs the {keras.backend.backend()} backend in this process, so {chosen} cannot be "
+                f"chosen: set KERAS_BACKEND={chosen} before Keras is imported"
+            )
     os.environ["KERAS_BACKEND"] = chosen
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is noise here.
+    # Keras imports TensorFlow, when it is installed, on every backend (to seed its generator,
+    # to recognise its types when saving a model), and TensorFlow logs on import. Importing
+    # it here, quietly, means no command prints a line that is not mnist-cnn's own.
+    import_tensorflow_quietly()
     return chosen
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up log lines dropped; any other stderr output is kept.
+
+    Those lines are written by C++ code to file descriptor 2 before TensorFlow reads its
+    log settings, so only capturing the descriptor itself silences them.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            pass  # Keras says so itself, clearly, when it needs the missing backend.
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode("utf-8", errors="replace").splitlines()
+    kept = [line for line in lines if line.strip() and not TENSORFLOW_START_UP_NOISE.match(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
 
 
 def package_version(name: str) -> str | None:
@@ -85,7 +132,17 @@ def describe_environment() -> dict[str, Any]:
 
     libraries = {
         name: package_version(name)
-        for name in ("mnist-cnn", "keras", "numpy", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "matplotlib")
+        for name in (
+            "mnist-cnn",
+            "keras",
+            "numpy",
+            "tensorflow",
+            "tensorflow-cpu",
+            "jax",
+            "jaxlib",
+            "torch",
+            "matplotlib",
+        )
     }
     return {
         "backend": keras.backend.backend(),

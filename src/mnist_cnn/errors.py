@@ -1,11 +1,16 @@
-"""Errors that the command line turns into one clear line instead of a traceback."""
+"""Every error a user can cause, in one hierarchy the command line turns into one clear line.
+
+The CLI catches ``UserError`` only: it prints the message and exits 2. Anything else is a
+bug in mnist-cnn and keeps its traceback. Each message says what is wrong and what to do.
+"""
 
 
 class UserError(Exception):
-    """Something the user can fix: bad input, a missing file, a wrong flag.
+    """Something the user can fix: bad input, a missing file, a wrong flag."""
 
-    The message must say what is wrong and what to do about it.
-    """
+
+class ConfigError(UserError, ValueError):
+    """A setting is out of range, unknown, or does not fit the Keras backend in use."""
 
 
 class DataError(UserError, ValueError):
@@ -13,4 +18,12 @@ class DataError(UserError, ValueError):
 
 
 class RunFolderError(UserError):
-    """A run folder does not exist, is not a run, or cannot be written."""
+    """A run folder does not exist, is not a run, is damaged, or cannot be written."""
+
+
+class CheckpointError(RunFolderError):
+    """A checkpoint file is unreadable, truncated, or does not fit the model."""
+
+
+class ImageInputError(UserError, ValueError):
+    """An input that is not a usable digit image: not an image, empty, blank, too large."""

@@ -1,20 +1,24 @@
-"""Test-set evaluation, inference timing and per-image predictions."""
+"""Test-set evaluation, inference timing and the predictions for chosen test images."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import keras
 import numpy as np
 
-INFERENCE_BATCH_SIZE = 1000
+from mnist_cnn.config import EVALUATION_BATCH_SIZE
+from mnist_cnn.data import MnistSplits
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.inference import predict_probabilities
+from mnist_cnn.results import Prediction, PredictionsOnTestImages
+
 SINGLE_IMAGE_REPEATS = 30
 
 
 def evaluate_model(model: keras.Model, X_test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
     """Test loss and accuracy, computed by Keras from the compiled loss and metric."""
-    loss, accuracy = model.evaluate(X_test, y_test, batch_size=INFERENCE_BATCH_SIZE, verbose=0)
+    loss, accuracy = model.evaluate(X_test, y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
     return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
 
 
@@ -23,9 +27,9 @@ def time_inference(model: keras.Model, X_test: np.ndarray) -> dict[str, float]:
 
     Both are measured after a warm-up call, so compilation is not counted.
     """
-    model.predict(X_test[:INFERENCE_BATCH_SIZE], batch_size=INFERENCE_BATCH_SIZE, verbose=0)
+    model.predict(X_test[:EVALUATION_BATCH_SIZE], batch_size=EVALUATION_BATCH_SIZE, verbose=0)
     start = time.perf_counter()
-    model.predict(X_test, batch_size=INFERENCE_BATCH_SIZE, verbose=0)
+    model.predict(X_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
     batched = (time.perf_counter() - start) / len(X_test)
     single_image = X_test[:1]
     model.predict_on_batch(single_image)
@@ -40,18 +44,22 @@ def time_inference(model: keras.Model, X_test: np.ndarray) -> dict[str, float]:
     }
 
 
-def predict_images(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities, shape (N, 10), for images of shape (N, 28, 28, 1) in [0, 1]."""
-    if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
-        raise ValueError(f"images must have shape (N, 28, 28, 1), got {images.shape}")
-    return np.asarray(model.predict_on_batch(images.astype("float32")))
-
-
-def describe_prediction(probabilities: np.ndarray, top: int = 3) -> dict[str, Any]:
-    """The predicted digit, its probability and the ``top`` most likely digits."""
-    order = np.argsort(probabilities)[::-1][:top]
-    return {
-        "digit": int(order[0]),
-        "probability": float(probabilities[order[0]]),
-        "top": [{"digit": int(digit), "probability": float(probabilities[digit])} for digit in order],
-    }
+def predict_test_images(
+    models: dict[str, keras.Model], splits: MnistSplits, indices: tuple[int, ...] | list[int]
+) -> PredictionsOnTestImages:
+    """Every model's answer for X_test[i] for each i in ``indices``."""
+    for index in indices:
+        if not 0 <= index < len(splits.X_test):
+            raise ConfigError(
+                f"test index {index} is out of range: the test set has {len(splits.X_test)} images "
+                f"(0-{len(splits.X_test) - 1})"
+            )
+    images = splits.X_test[list(indices)]
+    return PredictionsOnTestImages(
+        indices=list(indices),
+        true_labels=[int(splits.y_test[index]) for index in indices],
+        predictions={
+            name: [Prediction.from_probabilities(row) for row in predict_probabilities(model, images)]
+            for name, model in models.items()
+        },
+    )

@@ -22,28 +22,34 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.data import MnistSplits
-from mnist_cnn.training import epoch_order
+from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.data import MnistSplits, epoch_order
+from mnist_cnn.errors import ConfigError
 
 POOLED = 13  # (28 - 3 + 1) / 2
-EVAL_BATCH_SIZE = 1000
 
 
 def require_fusable(model: keras.Model) -> None:
     """The fused path knows one architecture: conv 3x3 valid -> pool 2x2 -> flatten -> dense*."""
     if keras.backend.backend() != "jax":
-        raise ValueError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
+        raise ConfigError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
     conv = model.get_layer("conv")
-    if conv.kernel_size != (3, 3) or conv.strides != (1, 1) or conv.padding != "valid" or model.input_shape[1:] != (28, 28, 1):
-        raise ValueError("the fused trainer supports only 3x3 stride-1 'valid' convolutions on 28x28x1 images: use --trainer keras")
+    if (
+        conv.kernel_size != (3, 3)
+        or conv.strides != (1, 1)
+        or conv.padding != "valid"
+        or model.input_shape[1:] != (28, 28, 1)
+    ):
+        raise ConfigError(
+            "the fused trainer supports only 3x3 stride-1 'valid' convolutions on 28x28x1 images: use --trainer keras"
+        )
 
 
 def patches16(images: jax.Array) -> jax.Array:
@@ -99,7 +105,9 @@ def forward_logits(params: list[jax.Array], images: jax.Array) -> jax.Array:
     return hidden @ dense[-2] + dense[-1]
 
 
-def batch_loss_and_correct(params: list[jax.Array], images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def batch_loss_and_correct(
+    params: list[jax.Array], images: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Mean sparse categorical cross-entropy, and the number of correct predictions."""
     logits = forward_logits(params, images)
     log_probabilities = jax.nn.log_softmax(logits)
@@ -128,8 +136,10 @@ def _evaluate_batch(params, images, labels):
 def evaluate_arrays(params: list[jax.Array], images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Loss and accuracy over a data set, in large batches."""
     loss_total, correct_total = 0.0, 0
-    for start in range(0, len(images), EVAL_BATCH_SIZE):
-        loss, correct = _evaluate_batch(params, images[start : start + EVAL_BATCH_SIZE], labels[start : start + EVAL_BATCH_SIZE])
+    for start in range(0, len(images), EVALUATION_BATCH_SIZE):
+        loss, correct = _evaluate_batch(
+            params, images[start : start + EVALUATION_BATCH_SIZE], labels[start : start + EVALUATION_BATCH_SIZE]
+        )
         loss_total += float(loss)
         correct_total += int(correct)
     return loss_total / len(images), correct_total / len(images)
@@ -153,9 +163,9 @@ def read_state(model: keras.Model) -> FusedState:
 
 def write_state(model: keras.Model, state: FusedState) -> None:
     """Put trained weights and optimizer state back into the Keras model (for saving, serving)."""
-    for variable, value in zip(model.trainable_variables, state.params):
+    for variable, value in zip(model.trainable_variables, state.params, strict=True):
         variable.assign(value)
-    for variable, value in zip(model.optimizer.variables, state.optimizer_state):
+    for variable, value in zip(model.optimizer.variables, state.optimizer_state, strict=True):
         variable.assign(value)
 
 

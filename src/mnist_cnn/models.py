@@ -72,3 +72,9 @@ def compile_model(model: keras.Model, config: ExperimentConfig) -> keras.Model:
         steps_per_execution=config.steps_per_execution,
     )
     return model
+
+
+def seeded_model(spec: ModelSpec, config: ExperimentConfig) -> keras.Model:
+    """Build and compile a variant with weights drawn from the run's seed."""
+    keras.utils.set_random_seed(config.seed)
+    return compile_model(build_variant(spec), config)

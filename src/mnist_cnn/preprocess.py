@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnist_cnn.errors import ImageInputError
+
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 20_000_000
 DIGIT_BOX = 20
@@ -22,28 +24,29 @@ FRAME = 28
 INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel counts as ink.
 
 
-class ImageInputError(ValueError):
-    """An input that is not a usable digit image: not an image, empty, blank, too large."""
-
-
 def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
     """Decode PNG, JPEG, BMP, GIF (first frame), WebP... with size caps; errors name ``name``."""
     if not content:
         raise ImageInputError(f"{name}: empty file, expected an image (PNG, JPEG, BMP, GIF or WebP)")
     if len(content) > MAX_BYTES:
-        raise ImageInputError(f"{name}: {len(content) / 2**20:.1f} MB is over the {MAX_BYTES // 2**20} MB limit; use a smaller image")
+        raise ImageInputError(
+            f"{name}: {len(content) / 2**20:.1f} MB is over the {MAX_BYTES // 2**20} MB limit; use a smaller image"
+        )
     try:
         image = Image.open(io.BytesIO(content))
         if image.width * image.height > MAX_PIXELS:
             raise ImageInputError(
-                f"{name}: {image.width}x{image.height} is over the {MAX_PIXELS // 1_000_000} megapixel limit; use a smaller image"
+                f"{name}: {image.width}x{image.height} is over the {MAX_PIXELS // 1_000_000} megapixel limit; "
+                "use a smaller image"
             )
         image.seek(0)  # GIF and other animations: the first frame.
         image.load()
     except ImageInputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageInputError(f"{name}: not a readable image ({error.__class__.__name__}); use PNG, JPEG, BMP, GIF or WebP") from None
+        raise ImageInputError(
+            f"{name}: not a readable image ({error.__class__.__name__}); use PNG, JPEG, BMP, GIF or WebP"
+        ) from None
     if image.width == 0 or image.height == 0:
         raise ImageInputError(f"{name}: image has no pixels")
     return image
@@ -95,7 +98,9 @@ def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
     scale = DIGIT_BOX / max(cropped.shape)
     height = max(1, round(cropped.shape[0] * scale))
     width = max(1, round(cropped.shape[1] * scale))
-    resized = np.asarray(Image.fromarray(cropped, mode="F").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32)
+    resized = np.asarray(
+        Image.fromarray(cropped, mode="F").resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32
+    )
     resized = np.clip(resized, 0.0, 1.0)
     return centre_by_mass(resized)
 

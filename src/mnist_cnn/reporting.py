@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -11,7 +10,8 @@ matplotlib.use("Agg")  # Files only: runs happen on machines with no screen.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mnist_cnn.runs import atomic_path, write_json, write_text  # noqa: E402
+from mnist_cnn.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
+from mnist_cnn.runs import ModelFolder, RunFolder, atomic_path  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
@@ -22,12 +22,13 @@ def save_figure(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def column(history: list[dict[str, float]], name: str) -> list[float]:
+def column(history: list[HistoryRow], name: str) -> list[float]:
     return [row[name] for row in history]
 
 
-def plot_learning_curves(history: list[dict[str, float]], model_name: str, folder: Path) -> list[Path]:
+def plot_learning_curves(history: list[HistoryRow], folder: ModelFolder) -> list[Path]:
     """loss.png and accuracy.png: train and validation against epoch for one model."""
+    model_name = folder.name
     epochs = column(history, "epoch")
     written = []
     for metric, label in (("loss", "loss (cross-entropy)"), ("accuracy", "accuracy")):
@@ -37,43 +38,25 @@ def plot_learning_curves(history: list[dict[str, float]], model_name: str, folde
         axis.set(title=f"{model_name}: {metric} per epoch", xlabel="epoch", ylabel=label)
         axis.grid(alpha=0.3)
         axis.legend()
-        path = folder / f"{metric}.png"
+        path = folder.curve_path(metric)
         save_figure(figure, path)
         written.append(path)
     return written
 
 
-def plot_comparison(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+def plot_comparison(histories: dict[str, list[HistoryRow]], path: Path) -> None:
     """One figure overlaying every model's loss and accuracy (solid train, dashed validation)."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for color, (name, history) in zip(COLORS, histories.items()):
+    for color, (name, history) in zip(COLORS, histories.items(), strict=False):
         epochs = column(history, "epoch")
-        for axis, metric in zip(axes, ("loss", "accuracy")):
+        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
             axis.plot(epochs, column(history, metric), color=color, label=f"{name} train")
             axis.plot(epochs, column(history, f"val_{metric}"), color=color, linestyle="--", label=f"{name} validation")
-    for axis, metric in zip(axes, ("loss", "accuracy")):
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
         axis.grid(alpha=0.3)
         axis.legend()
     save_figure(figure, path)
-
-
-def comparison_rows(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The Model_A-vs-Model_B table as data: one entry per model, plus B/A ratios."""
-    table: dict[str, Any] = {"models": metrics}
-    names = list(metrics)
-    if len(names) == 2:
-        first, second = (metrics[name] for name in names)
-        table["second_vs_first"] = {
-            "first": names[0],
-            "second": names[1],
-            "training_time_ratio": second["training_seconds"] / first["training_seconds"],
-            "seconds_per_epoch_ratio": second["seconds_per_epoch_median"] / first["seconds_per_epoch_median"],
-            "inference_time_ratio": second["inference_ms_per_image_batched"] / first["inference_ms_per_image_batched"],
-            "test_accuracy_difference": second["test_accuracy"] - first["test_accuracy"],
-            "parameter_ratio": second["parameters"] / first["parameters"],
-        }
-    return table
 
 
 TABLE_ROWS = (
@@ -90,51 +73,48 @@ TABLE_ROWS = (
 )
 
 
-def comparison_markdown(table: dict[str, Any]) -> str:
-    metrics = table["models"]
-    names = list(metrics)
+def comparison_markdown(comparison: Comparison) -> str:
+    """The comparison table (one column per model) and the B/A ratios, as Markdown."""
+    names = list(comparison.models)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key, label, fmt in TABLE_ROWS:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(metrics[name][key]) for name in names) + " |")
-    ratios = table.get("second_vs_first")
-    if ratios:
-        pair = f"{ratios['second']}/{ratios['first']}"
+        cells = (fmt.format(getattr(comparison.models[name], key)) for name in names)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    ratios = comparison.second_vs_first
+    if ratios is not None:
+        pair = f"{ratios.second}/{ratios.first}"
         lines += [
             "",
-            f"- Training time ratio {pair}: {ratios['training_time_ratio']:.2f}x "
-            f"(per epoch {ratios['seconds_per_epoch_ratio']:.2f}x, parameters {ratios['parameter_ratio']:.2f}x)",
-            f"- Inference time ratio {pair}: {ratios['inference_time_ratio']:.2f}x",
-            f"- Test accuracy difference {ratios['second']} - {ratios['first']}: "
-            f"{ratios['test_accuracy_difference'] * 100:+.2f} percentage points",
+            f"- Training time ratio {pair}: {ratios.training_time_ratio:.2f}x "
+            f"(per epoch {ratios.seconds_per_epoch_ratio:.2f}x, parameters {ratios.parameter_ratio:.2f}x)",
+            f"- Inference time ratio {pair}: {ratios.inference_time_ratio:.2f}x",
+            f"- Test accuracy difference {ratios.second} - {ratios.first}: "
+            f"{ratios.test_accuracy_difference * 100:+.2f} percentage points",
         ]
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(metrics: dict[str, dict[str, Any]], run_dir: Path, header: str = "") -> str:
-    table = comparison_rows(metrics)
-    text = comparison_markdown(table)
-    write_json(run_dir / "comparison.json", table)
-    write_text(run_dir / "comparison.md", f"# Model comparison\n\n{header}{text}")
+def write_comparison(metrics: dict[str, ModelMetrics], run: RunFolder, header: str = "") -> str:
+    """comparison.json and comparison.md; returns the table as Markdown."""
+    comparison = Comparison.of(metrics)
+    text = comparison_markdown(comparison)
+    run.write_comparison(comparison, f"# Model comparison\n\n{header}{text}")
     return text
 
 
-def plot_predictions(
-    images: np.ndarray,
-    labels: np.ndarray,
-    indices: list[int],
-    predictions: dict[str, list[dict[str, Any]]],
-    path: Path,
-) -> None:
+def plot_predictions(images: np.ndarray, result: PredictionsOnTestImages, path: Path) -> None:
     """Each test image with its true label and every model's predicted digit and probability."""
+    indices = result.indices
     figure, axes = plt.subplots(1, len(indices), figsize=(3.2 * len(indices), 3.8), squeeze=False)
-    for column_index, (axis, image_index) in enumerate(zip(axes[0], indices)):
+    for column_index, (axis, image_index) in enumerate(zip(axes[0], indices, strict=True)):
+        true_label = result.true_labels[column_index]
         axis.imshow(images[column_index].reshape(28, 28), cmap="gray_r")
         axis.set_xticks([])
         axis.set_yticks([])
-        lines = [f"X_test[{image_index}]  true: {int(labels[column_index])}"]
-        for name, answers in predictions.items():
+        lines = [f"X_test[{image_index}]  true: {true_label}"]
+        for name, answers in result.predictions.items():
             answer = answers[column_index]
-            mark = "ok" if answer["digit"] == int(labels[column_index]) else "WRONG"
-            lines.append(f"{name}: {answer['digit']} ({answer['probability']:.1%}) {mark}")
+            mark = "ok" if answer.digit == true_label else "WRONG"
+            lines.append(f"{name}: {answer.digit} ({answer.probability:.1%}) {mark}")
         axis.set_title("\n".join(lines), fontsize=9)
     save_figure(figure, path)

@@ -16,10 +16,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from mnist_cnn.evaluation import describe_prediction, predict_images
-from mnist_cnn.experiment import load_run_models
-from mnist_cnn.preprocess import MAX_BYTES, ImageInputError, digit_png, prepare_digit, read_image_bytes
-from mnist_cnn.runs import read_json
+from mnist_cnn.errors import ImageInputError
+from mnist_cnn.inference import predict_digit
+from mnist_cnn.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
+from mnist_cnn.runs import RunFolder
 
 IMAGE_BODY = {
     "requestBody": {
@@ -32,11 +32,10 @@ IMAGE_BODY = {
 
 def create_app(run_dir: Path) -> FastAPI:
     """The app for one run folder; its models are loaded here, once."""
-    models = load_run_models(run_dir)
-    summaries = [model_summary(run_dir, name, model) for name, model in models.items()]
-    warm_up = np.zeros((1, 28, 28, 1), dtype=np.float32)
-    for model in models.values():
-        predict_images(model, warm_up)  # Compile now, so the first user waits no longer than the rest.
+    run = RunFolder.existing(run_dir)
+    models = run.load_models()
+    summaries = [model_summary(run, name, model) for name, model in models.items()]
+    predict_digit(models, np.zeros((28, 28), dtype=np.float32))  # Compile now: the first user waits no longer.
 
     app = FastAPI(
         title="mnist-cnn",
@@ -64,14 +63,15 @@ def create_app(run_dir: Path) -> FastAPI:
     return app
 
 
-def model_summary(run_dir: Path, name: str, model: Any) -> dict[str, Any]:
-    metrics_path = run_dir / name / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+def model_summary(run: RunFolder, name: str, model: Any) -> dict[str, Any]:
+    """A served model's name, size and test accuracy (None while its run has not finished it)."""
+    folder = run.model(name)
+    metrics = folder.read_metrics() if folder.metrics_path.is_file() else None
     return {
         "name": name,
         "parameters": int(model.count_params()),
-        "test_accuracy": metrics.get("test_accuracy"),
-        "epochs": metrics.get("epochs"),
+        "test_accuracy": metrics.test_accuracy if metrics else None,
+        "epochs": metrics.epochs if metrics else None,
     }
 
 
@@ -79,28 +79,29 @@ async def read_capped_body(request: Request) -> bytes:
     """The request body, refused with 413 past MAX_BYTES without reading it all into memory."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
-        raise HTTPException(status_code=413, detail=f"upload is over the {MAX_BYTES // 2**20} MB limit; send a smaller image")
+        raise HTTPException(
+            status_code=413, detail=f"upload is over the {MAX_BYTES // 2**20} MB limit; send a smaller image"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BYTES:
-            raise HTTPException(status_code=413, detail=f"upload is over the {MAX_BYTES // 2**20} MB limit; send a smaller image")
+            raise HTTPException(
+                status_code=413, detail=f"upload is over the {MAX_BYTES // 2**20} MB limit; send a smaller image"
+            )
         chunks.append(chunk)
     content = b"".join(chunks)
     if not content:
-        raise HTTPException(status_code=400, detail="empty request body: send an image file (PNG, JPEG, BMP, GIF or WebP)")
+        raise HTTPException(
+            status_code=400, detail="empty request body: send an image file (PNG, JPEG, BMP, GIF or WebP)"
+        )
     return content
 
 
 def answer(models: dict[str, Any], digit: np.ndarray) -> dict[str, Any]:
     """Every model's probabilities for one prepared 28x28 digit, and that digit as a PNG."""
-    batch = digit[None, :, :, None]
-    predictions = {}
-    for name, model in models.items():
-        probabilities = predict_images(model, batch)[0]
-        predictions[name] = {**describe_prediction(probabilities), "probabilities": [float(p) for p in probabilities]}
     return {
-        "predictions": predictions,
+        "predictions": {name: prediction.to_json() for name, prediction in predict_digit(models, digit).items()},
         "model_input_png": "data:image/png;base64," + base64.b64encode(digit_png(digit)).decode("ascii"),
     }
 

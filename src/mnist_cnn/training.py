@@ -12,24 +12,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 import keras
-import numpy as np
 
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.data import MnistSplits
-
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-# Validation is a forward pass only; big batches make it cheap without changing its result.
-VALIDATION_BATCH_SIZE = 1000
+from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.data import MnistSplits, epoch_order
+from mnist_cnn.results import HISTORY_FIELDS, HistoryRow
 
 EpochLogs = dict[str, float]
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    """The shuffled order of the training images in epoch ``epoch`` (0-based)."""
-    return np.random.default_rng([seed, epoch]).permutation(count)
 
 
 @dataclasses.dataclass
@@ -42,7 +34,7 @@ class ExperimentProgress:
     """
 
     plan: dict[str, tuple[int, int]]  # model name -> (epochs, parameter count)
-    stream: TextIO = sys.stdout
+    stream: TextIO = dataclasses.field(default_factory=lambda: sys.stdout)
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def record(self, model_name: str, epoch_seconds: float) -> None:
@@ -92,7 +84,7 @@ def format_duration(seconds: float | None) -> str:
 
 @dataclasses.dataclass
 class TrainingResult:
-    history: list[dict[str, float]]
+    history: list[HistoryRow]
     training_seconds: float
     resumed_from_epoch: int | None = None
 
@@ -102,7 +94,7 @@ class ResumePoint:
     """Where a model's training continues: epochs done, their history and time spent."""
 
     epochs_done: int = 0
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    history: list[HistoryRow] = dataclasses.field(default_factory=list)
     training_seconds: float = 0.0
 
 
@@ -112,7 +104,7 @@ def train_model(
     config: ExperimentConfig,
     progress: ExperimentProgress | None = None,
     resume: ResumePoint | None = None,
-    on_epoch_end: Callable[[list[dict[str, float]], float], None] | None = None,
+    on_epoch_end: Callable[[list[HistoryRow], float], None] | None = None,
 ) -> TrainingResult:
     """Train ``model`` up to ``config.epochs``, continuing from ``resume`` if given.
 
@@ -139,13 +131,17 @@ def train_model(
     )
 
 
-def fused_epochs(model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int) -> Iterator[tuple[int, EpochLogs]]:
+def fused_epochs(
+    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+) -> Iterator[tuple[int, EpochLogs]]:
     from mnist_cnn import fused  # Imports JAX: only on the JAX backend.
 
     return fused.train_epochs(model, splits, config, first_epoch)
 
 
-def keras_epochs(model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int) -> Iterator[tuple[int, EpochLogs]]:
+def keras_epochs(
+    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+) -> Iterator[tuple[int, EpochLogs]]:
     """model.fit, one epoch per call, on the images in ``epoch_order`` (the compiled train
     function is built once and reused across calls)."""
     for epoch in range(first_epoch, config.epochs):
@@ -158,7 +154,7 @@ def keras_epochs(model: keras.Model, splits: MnistSplits, config: ExperimentConf
             initial_epoch=epoch,
             epochs=epoch + 1,
             validation_data=(splits.X_valid, splits.y_valid),
-            validation_batch_size=VALIDATION_BATCH_SIZE,
+            validation_batch_size=EVALUATION_BATCH_SIZE,
             shuffle=False,
             verbose=0,
         )
