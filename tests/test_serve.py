@@ -146,6 +146,139 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_stays_up(
     assert httpx.get(f"{server}/api/models").status_code == 200
 
 
+def mnist_upload(index: int, kind: str, dark_on_light: bool) -> bytes:
+    """An MNIST test digit as a user would send it: upscaled to 112 px, PNG or JPEG, either polarity."""
+    from mnist_cnn.data import load_raw
+
+    pixels = load_raw("bundled")[1][0][index]
+    image = Image.fromarray(255 - pixels if dark_on_light else pixels).resize((112, 112), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+MALFORMED = [
+    (b"", 400),
+    (b"GIF89a this is no image", 422),
+    (blank_png(), 422),
+    (mnist_upload(0, "PNG", True)[:60], 422),
+]
+
+
+def test_32_concurrent_clients_get_every_answer_right_and_no_5xx(server: str, trained_run: Path) -> None:
+    """A classroom at once: 32 clients x 20 requests, real digits interleaved with malformed bodies.
+
+    Every good request is answered with what a serial prediction of the same image gives."""
+    from mnist_cnn.inference import predict_digit
+    from mnist_cnn.preprocess import prepare_digit, read_image_bytes
+    from mnist_cnn.runs import RunFolder
+
+    uploads = [mnist_upload(index, ("PNG", "JPEG")[index % 2], dark_on_light=index % 4 < 2) for index in range(24)]
+    models = RunFolder(trained_run).load_models()
+    expected = [predict_digit(models, prepare_digit(read_image_bytes(upload))) for upload in uploads]
+    outcomes: list[tuple[int, int, dict | None]] = []  # (what was sent, status, answer)
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        with httpx.Client(timeout=60) as http:
+            for request in range(20):
+                slot = number * 20 + request
+                body = MALFORMED[slot % len(MALFORMED)][0] if slot % 5 == 4 else uploads[slot % len(uploads)]
+                response = http.post(f"{server}/api/predict", content=body)
+                answer = response.json() if response.status_code == 200 else None
+                with lock:
+                    outcomes.append((slot, response.status_code, answer))
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(outcomes) == 32 * 20
+    assert [status for _, status, _ in outcomes if status >= 500] == []
+    for slot, status, answer in outcomes:
+        if slot % 5 == 4:
+            assert status == MALFORMED[slot % len(MALFORMED)][1], slot
+            continue
+        assert status == 200, slot
+        for name, want in expected[slot % len(uploads)].items():
+            got = answer["predictions"][name]
+            assert got["digit"] == want.digit
+            np.testing.assert_allclose(got["probabilities"], want.probabilities, atol=1e-5)
+    ready = httpx.get(f"{server}/readyz").json()
+    assert ready["batches"] < ready["answered"]  # Requests really shared forward passes.
+
+
+def test_a_multipart_upload_is_answered_like_a_raw_body(server: str) -> None:
+    upload = mnist_upload(1, "PNG", dark_on_light=True)
+    raw = httpx.post(f"{server}/api/predict", content=upload).json()
+    form = httpx.post(f"{server}/api/predict", files={"image": ("two.png", upload, "image/png")})
+    assert form.status_code == 200, form.text
+    assert form.json() == raw
+    other_field = httpx.post(f"{server}/api/predict", files={"file": ("two.png", upload, "image/png")})
+    assert other_field.json() == raw
+    no_file = httpx.post(f"{server}/api/predict", data={"note": "no image here"}, files={"x": ("", b"", "text/plain")})
+    assert no_file.status_code == 400 and "the form has no file" in no_file.json()["detail"]
+    empty = httpx.post(f"{server}/api/predict", files={"image": ("empty.png", b"", "image/png")})
+    assert empty.status_code == 400 and "the uploaded file is empty" in empty.json()["detail"]
+
+
+def test_health_and_readiness(server: str) -> None:
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert ready.json()["models"] == ["Model_A", "Model_B"]
+
+
+def test_a_full_queue_answers_503_with_retry_after(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Back-pressure: a slow worker with a queue of 2 refuses the rest at once, and recovers."""
+    from fastapi.testclient import TestClient
+
+    from mnist_cnn import batching
+    from mnist_cnn.config import BatchingSettings
+    from mnist_cnn.serve import create_app
+
+    release = threading.Event()
+
+    def slow_forward(model):
+        def forward(images):
+            if len(images) and images.any():  # Warm-up batches are blank: they pass at once.
+                release.wait(timeout=60)
+            return np.full((len(images), 10), 0.1, dtype=np.float32)
+
+        return forward
+
+    monkeypatch.setattr(batching, "compiled_forward", slow_forward)
+    app = create_app(trained_run, BatchingSettings(max_batch=1, queue_size=2))
+    upload = mnist_upload(2, "PNG", dark_on_light=False)
+    statuses: list[int] = []
+    with TestClient(app) as http:
+
+        def post() -> None:
+            statuses.append(http.post("/api/predict", content=upload).status_code)
+
+        waiting = [threading.Thread(target=post) for _ in range(3)]  # One in the worker, two queued.
+        for thread in waiting:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while app.state.worker._queue.qsize() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = http.post("/api/predict", content=upload)
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1" and "busy" in refused.json()["detail"]
+        release.set()
+        for thread in waiting:
+            thread.join(timeout=60)
+        assert statuses == [200, 200, 200]
+        assert http.post("/api/predict", content=upload).status_code == 200
+
+
 def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) -> None:
     """Digits rendered from fonts, dark on light and light on dark: no MNIST image among them.
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from mnist_cnn import __version__
-from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND, MODEL_VARIANTS, OPTIMIZERS, TRAINERS, ExperimentConfig
+from mnist_cnn.config import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    MODEL_VARIANTS,
+    OPTIMIZERS,
+    TRAINERS,
+    BatchingSettings,
+    ExperimentConfig,
+)
 from mnist_cnn.errors import UserError
 
 EXIT_BUG = 1
@@ -61,6 +69,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return value
 
 
@@ -198,6 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default: %(default)s)")
+    batching = BatchingSettings()
+    serve.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=batching.max_batch,
+        help="most requests answered in one forward pass; 1 turns batching off (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--batch-window-ms",
+        type=non_negative_float,
+        default=batching.window_ms,
+        help="how long a request waits for others to join its batch, in ms (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes on the one port, each with its own copy of the models (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=positive_int,
+        default=batching.queue_size,
+        help="requests that may wait; more get 503 with Retry-After (default: %(default)s)",
+    )
     add_backend_flag(serve)
     return parser
 
@@ -337,7 +380,8 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def command_serve(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.serve import serve
 
-    serve(args.run_dir, host=args.host, port=args.port)
+    settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
+    serve(args.run_dir, host=args.host, port=args.port, settings=settings, workers=args.workers)
     return 0
 
 

@@ -343,14 +343,18 @@ class RunFolder:
         """The folders of every model the run's config names, in training order."""
         return [self.model(spec.name) for spec in self.config().model_specs()]
 
-    def load_models(self) -> dict[str, keras.Model]:
-        """Every trained model of the run, by name, in the order the run trained them."""
+    def trained_model_folders(self) -> list[ModelFolder]:
+        """The folders of the run's models that have been trained (a clear error if none)."""
         folders = self.model_folders()
         available = [folder for folder in folders if folder.model_path.is_file()]
         if not available:
             names = ", ".join(folder.name for folder in folders)
             raise RunFolderError(f"{self.path} holds no trained model yet ({names} missing); finish or resume the run")
-        return {folder.name: folder.load_model() for folder in available}
+        return available
+
+    def load_models(self) -> dict[str, keras.Model]:
+        """Every trained model of the run, by name, in the order the run trained them."""
+        return {folder.name: folder.load_model() for folder in self.trained_model_folders()}
 
     # Reports
     def write_comparison(self, comparison: Comparison, markdown: str) -> None:

@@ -1,0 +1,219 @@
+"""Load benchmark of the draw-a-digit server: throughput and latency under concurrent clients.
+
+Starts ``mnist-cnn serve RUN_DIR`` (or uses --url), then for each number of concurrent
+clients sends real digit images (MNIST test digits, upscaled, PNG and JPEG, both
+polarities) for a fixed time, and reports requests/s, p50/p99 latency and every non-200
+status. Batching on and off are measured side by side in one run, on the same machine, and
+the server's memory is read after start-up and after 10,000 more requests.
+
+    python bench/serve_load.py RUN_DIR                 # make bench-serve
+    python bench/serve_load.py --url http://127.0.0.1:8000 --label before
+
+Both sides share the machine's cores with this client, as a classroom's browsers would not:
+read the numbers as a lower bound of what the server does alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+CLIENT_LEVELS = (1, 4, 16, 64)
+
+
+def cpu_description() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            info = handle.read()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+        vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        return f"{model}, {os.cpu_count()} cores, {vector}"
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def digit_bodies(count: int = 64) -> list[tuple[bytes, str]]:
+    """Real digits as users send them: MNIST test images upscaled to 112 px, PNG and JPEG,
+    light-on-dark and dark-on-light."""
+    from mnist_cnn.data import load_raw
+
+    _, (images, _), _ = load_raw("bundled")
+    bodies = []
+    for index in range(count):
+        pixels = images[index] if index % 2 == 0 else 255 - images[index]
+        image = Image.fromarray(pixels).resize((112, 112), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        kind = "png" if index % 4 < 2 else "jpeg"
+        image.save(buffer, format=kind.upper())
+        bodies.append((buffer.getvalue(), f"image/{kind}"))
+    return bodies
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(run_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(run_dir), "--port", str(port)]
+    command += ["--max-batch", str(max_batch)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(url, process)
+    return process, url
+
+
+def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"the server stopped: {process.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/api/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up in {timeout:.0f} s")
+
+
+async def load(url: str, clients: int, seconds: float, bodies: list[tuple[bytes, str]], requests: int | None = None):
+    """``clients`` concurrent clients, each sending one request after the other, for ``seconds``
+    (or ``requests`` in all). Returns latencies of 200s (s), status counts, wall time."""
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(number: int, http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        index = number
+        while time.perf_counter() < deadline and (requests is None or sent < requests):
+            sent += 1
+            body, kind = bodies[index % len(bodies)]
+            index += clients
+            start = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/api/predict", content=body, headers={"Content-Type": kind})
+                status = response.status_code
+            except httpx.HTTPError as error:
+                status = error.__class__.__name__
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+            statuses[status] += 1
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(number, http) for number in range(clients)))
+        wall = time.perf_counter() - started
+    return latencies, statuses, wall
+
+
+def resident_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+        line = next(line for line in handle if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def measure(url: str, label: str, seconds: float, bodies, levels=CLIENT_LEVELS) -> list[dict]:
+    rows = []
+    asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
+    for clients in levels:
+        latencies, statuses, wall = asyncio.run(load(url, clients, seconds, bodies))
+        ok = statuses.get(200, 0)
+        row = {
+            "server": label,
+            "clients": clients,
+            "requests": sum(statuses.values()),
+            "ok": ok,
+            "errors": {str(status): count for status, count in statuses.items() if status != 200},
+            "requests_per_second": ok / wall,
+            "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+            "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else None,
+        }
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    p50 = f"{row['p50_ms']:.1f}" if row["p50_ms"] is not None else "-"
+    p99 = f"{row['p99_ms']:.1f}" if row["p99_ms"] is not None else "-"
+    errors = ", ".join(f"{count} x {status}" for status, count in row["errors"].items()) or "none"
+    return (
+        f"| {row['server']} | {row['clients']} | {row['requests_per_second']:.0f} | {p50} | {p99} "
+        f"| {row['ok']}/{row['requests']} | {errors} |"
+    )
+
+
+def memory_growth(process: subprocess.Popen, url: str, bodies, requests: int) -> dict:
+    asyncio.run(load(url, 16, 3600, bodies, requests=500))
+    before = resident_mib(process.pid)
+    asyncio.run(load(url, 16, 3600, bodies, requests=requests))
+    after = resident_mib(process.pid)
+    return {"requests": requests, "rss_mib_after_start": before, "rss_mib_after": after, "growth_mib": after - before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, nargs="?", help="a run folder to serve (default: none, use --url)")
+    parser.add_argument("--url", help="measure a server that is already running instead (default: start one)")
+    parser.add_argument(
+        "--label", default="external", help="the server's name in the table, with --url (default: %(default)s)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="time per client level (default: %(default)s)")
+    parser.add_argument(
+        "--memory-requests", type=int, default=10_000, help="requests for the memory check (default: %(default)s)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here (default: none)")
+    args = parser.parse_args()
+    bodies = digit_bodies()
+    print(f"CPU: {cpu_description()}; {args.seconds:g} s per level; {len(bodies)} distinct images (PNG and JPEG)")
+    print("| server | clients | predictions/s | p50 ms | p99 ms | answered | non-200 |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    results: dict = {"cpu": cpu_description(), "rows": [], "memory": {}}
+    if args.url:
+        wait_until_up(args.url)
+        results["rows"] += measure(args.url, args.label, args.seconds, bodies)
+    else:
+        for label, max_batch in (("batching off (--max-batch 1)", 1), ("batching on (--max-batch 64)", 64)):
+            process, url = start_server(args.run_dir, max_batch)
+            try:
+                results["rows"] += measure(url, label, args.seconds, bodies)
+                if max_batch > 1 and args.memory_requests:
+                    results["memory"] = memory_growth(process, url, bodies, args.memory_requests)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+        memory = results["memory"]
+        if memory:
+            print(
+                f"\nMemory (batching on): {memory['rss_mib_after_start']:.0f} MiB after start-up and 500 requests, "
+                f"{memory['rss_mib_after']:.0f} MiB after {memory['requests']:,} more: "
+                f"{memory['growth_mib']:+.1f} MiB"
+            )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Dynamic batching of predictions: many concurrent requests, one forward pass per model.
+
+Why: the web server receives requests on many threads at once, and Keras's JAX ``predict``
+is not safe to call concurrently (it donates its state buffers: two threads destroy each
+other's inputs). So one worker thread owns the models, as in TF Serving's batching or
+Triton's dynamic batcher: requests that arrive within a short window are stacked into one
+batch, padded to one of a few fixed sizes compiled at start-up (no user waits for a
+compilation), sent through each model once, and every request gets its own answer.
+
+Back-pressure instead of collapse: the queue is bounded; when it is full, ``submit`` refuses
+at once (the server answers 503 with Retry-After) rather than letting waits grow without end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mnist_cnn.config import BatchingSettings
+from mnist_cnn.inference import Forward, compiled_forward, predict_digits
+from mnist_cnn.results import Prediction
+
+if TYPE_CHECKING:
+    import keras
+
+Answer = dict[str, Prediction]
+
+
+class Overloaded(Exception):
+    """The queue of waiting requests is full: try again shortly."""
+
+
+@dataclasses.dataclass
+class _Request:
+    digit: np.ndarray
+    future: concurrent.futures.Future
+
+
+class InferenceWorker:
+    """One thread that owns the models and answers queued digits in batches."""
+
+    def __init__(self, models: dict[str, keras.Model], settings: BatchingSettings | None = None) -> None:
+        self.models = models
+        # Built in the worker's thread, like every model call: nothing else touches them.
+        self._forwards: dict[str, Forward] = {}
+        self.settings = settings or BatchingSettings()
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=self.settings.queue_size)
+        self._thread = threading.Thread(target=self._run, name="mnist-cnn-inference", daemon=True)
+        self.ready = threading.Event()
+        self.batches = 0  # Forward passes run (for the benchmark and the tests).
+        self.answered = 0
+
+    def start(self) -> InferenceWorker:
+        """Compile every batch shape (in the worker's thread, like all model calls), then serve."""
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready.wait(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)  # Blocks only while the queue is full; the worker drains it.
+            self._thread.join(timeout=30)
+
+    def submit(self, digit: np.ndarray) -> concurrent.futures.Future:
+        """Queue one prepared 28x28 digit; the future resolves to every model's answer."""
+        request = _Request(digit=digit, future=concurrent.futures.Future())
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise Overloaded(f"{self.settings.queue_size} requests are already waiting") from None
+        return request.future
+
+    def _run(self) -> None:
+        self._forwards = {name: compiled_forward(model) for name, model in self.models.items()}
+        for size in self.settings.batch_sizes():
+            predict_digits(self._forwards, np.zeros((1, 28, 28), dtype=np.float32), padded_size=size)
+        self.ready.set()
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            self._answer(batch)
+
+    def _collect(self) -> list[_Request] | None:
+        """Wait for a request, then for up to ``window_ms`` more (or a full batch)."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        deadline = time.monotonic() + self.settings.window_ms / 1000
+        while len(batch) < self.settings.max_batch:
+            try:
+                # Whatever is already queued joins at once; then wait out the window.
+                request = (
+                    self._queue.get_nowait()
+                    if time.monotonic() >= deadline
+                    else self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                )
+            except queue.Empty:
+                break
+            if request is None:
+                self._queue.put(None)  # Stop after this batch.
+                break
+            batch.append(request)
+        return batch
+
+    def _answer(self, batch: list[_Request]) -> None:
+        live = [request for request in batch if request.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        size = next(size for size in self.settings.batch_sizes() if size >= len(live))
+        try:
+            digits = np.stack([request.digit for request in live])
+            answers = predict_digits(self._forwards, digits, padded_size=size)
+        except Exception as error:  # A failing model must fail these requests, not the worker.
+            for request in live:
+                request.future.set_exception(error)
+            return
+        self.batches += 1
+        self.answered += len(live)
+        for request, answer in zip(live, answers, strict=True):
+            request.future.set_result(answer)
