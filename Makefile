@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup experiment smoke test lint format bench clean
+.PHONY: setup experiment smoke test lint format bench bench-serve clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py $(ARGS)
+
+## Load benchmark of the server (wrk when installed: apt-get install wrk), on a briefly trained run.
+SERVE_RUN ?= runs/bench-serve
+bench-serve: $(STAMP)
+	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
+		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
+	$(BIN)/python bench/serve_load.py $(SERVE_RUN) --out docs/serve-bench.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs/smoke

@@ -21,10 +21,13 @@ import io
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +37,11 @@ import numpy as np
 from PIL import Image
 
 CLIENT_LEVELS = (1, 4, 16, 64)
+SERVER_VARIANTS = (
+    ("batching off (--max-batch 1)", ["--max-batch", "1"]),
+    ("batching on (default)", []),
+    ("batching on, --workers 2", ["--workers", "2"]),
+)
 
 
 def cpu_description() -> str:
@@ -71,10 +79,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(run_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(run_dir: Path, options: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(run_dir), "--port", str(port)]
-    command += ["--max-batch", str(max_batch)]
+    command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(run_dir), "--port", str(port), *options]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(url, process)
@@ -128,28 +135,83 @@ async def load(url: str, clients: int, seconds: float, bodies: list[tuple[bytes,
     return latencies, statuses, wall
 
 
+WRK_SCRIPT = """
+local bodies, types = {}, {}
+for line in io.lines("%(folder)s/index.txt") do
+  local name, kind = line:match("(%%S+) (%%S+)")
+  local file = io.open("%(folder)s/" .. name, "rb")
+  bodies[#bodies + 1] = file:read("*a"); file:close()
+  types[#types + 1] = kind
+end
+local n = 0
+request = function()
+  n = n %% #bodies + 1
+  return wrk.format("POST", "/api/predict", {["Content-Type"] = types[n]}, bodies[n])
+end
+"""
+
+
+def wrk_load(url: str, clients: int, seconds: float, bodies, folder: Path) -> dict:
+    """wrk (C, one thread) as the load: it costs the shared cores far less than a Python client."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, (body, kind) in enumerate(bodies):
+        (folder / f"{index}.img").write_bytes(body)
+        lines.append(f"{index}.img {kind}")
+    (folder / "index.txt").write_text("\n".join(lines) + "\n")
+    (folder / "post.lua").write_text(WRK_SCRIPT % {"folder": folder})
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency", "-s", str(folder / "post.lua"), url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(output)
+
+
+def parse_wrk(output: str) -> dict:
+    def number_after(label: str, default: float = 0.0) -> float:
+        match = re.search(rf"{re.escape(label)}\s+([\d.]+)(us|ms|s)?", output)
+        if not match:
+            return default
+        value = float(match.group(1))
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}.get(match.group(2) or "", 1.0)
+
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = int(number_after("Non-2xx or 3xx responses:"))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = sum(int(value) for value in errors.groups()) if errors else 0
+    return {
+        "requests": total,
+        "ok": total - non_2xx,
+        "errors": {key: value for key, value in (("non-2xx", non_2xx), ("socket", socket_errors)) if value},
+        "requests_per_second": number_after("Requests/sec:") * (total - non_2xx) / max(total, 1),
+        "p50_ms": number_after("50%"),
+        "p99_ms": number_after("99%"),
+    }
+
+
 def resident_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
         line = next(line for line in handle if line.startswith("VmRSS:"))
     return int(line.split()[1]) / 1024
 
 
-def measure(url: str, label: str, seconds: float, bodies, levels=CLIENT_LEVELS) -> list[dict]:
+def measure(url: str, label: str, seconds: float, bodies, client: str, levels=CLIENT_LEVELS) -> list[dict]:
     rows = []
     asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
     for clients in levels:
-        latencies, statuses, wall = asyncio.run(load(url, clients, seconds, bodies))
-        ok = statuses.get(200, 0)
-        row = {
-            "server": label,
-            "clients": clients,
-            "requests": sum(statuses.values()),
-            "ok": ok,
-            "errors": {str(status): count for status, count in statuses.items() if status != 200},
-            "requests_per_second": ok / wall,
-            "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
-            "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else None,
-        }
+        if client == "wrk":
+            with tempfile.TemporaryDirectory() as folder:
+                row = {"server": label, "clients": clients, **wrk_load(url, clients, seconds, bodies, Path(folder))}
+        else:
+            latencies, statuses, wall = asyncio.run(load(url, clients, seconds, bodies))
+            row = {
+                "server": label,
+                "clients": clients,
+                "requests": sum(statuses.values()),
+                "ok": statuses.get(200, 0),
+                "errors": {str(status): count for status, count in statuses.items() if status != 200},
+                "requests_per_second": statuses.get(200, 0) / wall,
+                "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+                "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else None,
+            }
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -185,21 +247,30 @@ def main() -> None:
         "--memory-requests", type=int, default=10_000, help="requests for the memory check (default: %(default)s)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here (default: none)")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator: wrk (Debian's wrk; lighter) or python (httpx) (default: wrk when installed)",
+    )
     args = parser.parse_args()
     bodies = digit_bodies()
-    print(f"CPU: {cpu_description()}; {args.seconds:g} s per level; {len(bodies)} distinct images (PNG and JPEG)")
+    print(
+        f"CPU: {cpu_description()}; client {args.client}; {args.seconds:g} s per level; "
+        f"{len(bodies)} distinct images (PNG and JPEG)"
+    )
     print("| server | clients | predictions/s | p50 ms | p99 ms | answered | non-200 |")
     print("|---|---:|---:|---:|---:|---:|---|")
     results: dict = {"cpu": cpu_description(), "rows": [], "memory": {}}
     if args.url:
         wait_until_up(args.url)
-        results["rows"] += measure(args.url, args.label, args.seconds, bodies)
+        results["rows"] += measure(args.url, args.label, args.seconds, bodies, args.client)
     else:
-        for label, max_batch in (("batching off (--max-batch 1)", 1), ("batching on (--max-batch 64)", 64)):
-            process, url = start_server(args.run_dir, max_batch)
+        for label, options in SERVER_VARIANTS:
+            process, url = start_server(args.run_dir, options)
             try:
-                results["rows"] += measure(url, label, args.seconds, bodies)
-                if max_batch > 1 and args.memory_requests:
+                results["rows"] += measure(url, label, args.seconds, bodies, args.client)
+                if options == [] and args.memory_requests:
                     results["memory"] = memory_growth(process, url, bodies, args.memory_requests)
             finally:
                 process.terminate()
@@ -207,7 +278,7 @@ def main() -> None:
         memory = results["memory"]
         if memory:
             print(
-                f"\nMemory (batching on): {memory['rss_mib_after_start']:.0f} MiB after start-up and 500 requests, "
+                f"\nMemory (default server): {memory['rss_mib_after_start']:.0f} MiB after start-up and 500 requests, "
                 f"{memory['rss_mib_after']:.0f} MiB after {memory['requests']:,} more: "
                 f"{memory['growth_mib']:+.1f} MiB"
             )

@@ -24,6 +24,7 @@ from mnist_cnn.config import (
     MODEL_VARIANTS,
     OPTIMIZERS,
     TRAINERS,
+    Augmentation,
     BatchingSettings,
     ExperimentConfig,
 )
@@ -140,6 +141,12 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         default=defaults.trainer,
         help="training path: fused (compiled JAX step, the fastest here), keras (model.fit), "
         "auto (fused on JAX, else keras) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="redraw every training image at random each epoch (rotation, scale, shift, slant, elastic "
+        "distortion, stroke width, blur, contrast, noise): reads real handwriting better (default: off)",
     )
     add_backend_flag(parser)
 
@@ -258,6 +265,7 @@ def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig
         steps_per_execution=args.steps_per_execution,
         backend=backend,
         trainer=args.trainer,
+        augmentation=Augmentation() if args.augment else None,
     )
 
 

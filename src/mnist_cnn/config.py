@@ -42,6 +42,34 @@ MODEL_VARIANTS: dict[str, ModelSpec] = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """How strongly ``--augment`` redraws each training image (augment.py); every field a range.
+
+    The defaults keep a digit a readable digit: a slant of 0.25 is about 14 degrees, an
+    elastic displacement of 2 pixels bends a stroke without breaking it.
+    """
+
+    rotation_degrees: float = 12.0  # Rotated by up to this many degrees either way.
+    scale: float = 0.12  # Scaled by a factor in [1 - scale, 1 + scale].
+    shift_pixels: float = 2.0  # Moved by up to this many pixels along each axis.
+    shear: float = 0.25  # Slanted: columns shift by up to this fraction of the row distance.
+    elastic_alpha: float = 2.0  # Elastic distortion: displacement of up to this many pixels,
+    elastic_sigma: float = 3.0  # smoothed by a Gaussian of this width (pixels).
+    thickness_probability: float = 0.4  # Share of images with a thicker (half) or thinner (half) stroke.
+    blur_probability: float = 0.3  # Share of images blurred, by a Gaussian of width 0.5 to blur_sigma.
+    blur_sigma: float = 1.0
+    contrast: float = 0.3  # Ink scaled by a factor in [1 - contrast, 1].
+    noise: float = 0.05  # Gaussian noise of standard deviation up to this.
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 0:
+                raise ConfigError(f"augmentation {field.name} must be 0 or more, got {getattr(self, field.name)}")
+        if self.scale >= 1 or self.thickness_probability > 1 or self.blur_probability > 1 or self.contrast > 1:
+            raise ConfigError("augmentation scale must be below 1 and probabilities and contrast at most 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Every setting of a run; saved to config.json so a run can be reproduced and reloaded."""
 
@@ -61,6 +89,8 @@ class ExperimentConfig:
     # before training, so config.json always names the backend that really ran.
     backend: str | None = None
     trainer: str = "auto"
+    # None: the specification's protocol, training images as they are. --augment sets the defaults.
+    augmentation: Augmentation | None = None
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -82,6 +112,8 @@ class ExperimentConfig:
         values = dict(values)
         if "models" in values:
             values["models"] = tuple(values["models"])
+        if isinstance(values.get("augmentation"), dict):
+            values["augmentation"] = Augmentation(**values["augmentation"])
         return cls(**values)
 
     def for_backend(self, backend: str) -> ExperimentConfig:

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.augment import augment_batch, epoch_key
+from mnist_cnn.config import EVALUATION_BATCH_SIZE, Augmentation, ExperimentConfig
 from mnist_cnn.data import MnistSplits, epoch_order
 from mnist_cnn.errors import ConfigError
 
@@ -116,10 +117,15 @@ def batch_loss_and_correct(
     return jnp.mean(losses), correct
 
 
-def make_train_step(optimizer: keras.optimizers.Optimizer) -> Callable:
-    """One SGD step (or whatever optimizer the config names), compiled, updating in place."""
+def make_train_step(optimizer: keras.optimizers.Optimizer, augmentation: Augmentation | None = None) -> Callable:
+    """One SGD step (or whatever optimizer the config names), compiled, updating in place.
 
-    def train_step(params, optimizer_state, images, labels):
+    With ``augmentation``, the batch is redrawn inside the same compiled step, from ``key``.
+    """
+
+    def train_step(params, optimizer_state, images, labels, key):
+        if augmentation is not None:
+            images = augment_batch(images, key, augmentation)
         (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(params, images, labels)
         params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
         return params, optimizer_state, loss * labels.shape[0], correct
@@ -170,19 +176,29 @@ def write_state(model: keras.Model, state: FusedState) -> None:
 
 
 def run_epoch(
-    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, order: np.ndarray, batch_size: int
+    step: Callable,
+    state: FusedState,
+    images: jax.Array,
+    labels: jax.Array,
+    order: np.ndarray,
+    batch_size: int,
+    key: jax.Array,
 ) -> tuple[FusedState, float, float]:
-    """One pass over the data in ``order`` (the last batch may be smaller, as in model.fit)."""
+    """One pass over the data in ``order`` (the last batch may be smaller, as in model.fit).
+
+    Batch b draws its augmentation (if any) from ``fold_in(key, b)`` (= augment.batch_key).
+    """
     shuffled_images = images[order]
     shuffled_labels = labels[order]
     params, optimizer_state = state.params, state.optimizer_state
     losses, corrects = [], []
-    for start in range(0, len(order), batch_size):
+    for batch, start in enumerate(range(0, len(order), batch_size)):
         params, optimizer_state, loss, correct = step(
             params,
             optimizer_state,
             shuffled_images[start : start + batch_size],
             shuffled_labels[start : start + batch_size],
+            jax.random.fold_in(key, batch),
         )
         losses.append(loss)
         corrects.append(correct)
@@ -200,7 +216,7 @@ def train_epochs(
     generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
     """
     require_fusable(model)
-    step = make_train_step(model.optimizer)
+    step = make_train_step(model.optimizer, config.augmentation)
     state = read_state(model)
     images = jnp.asarray(splits.X_train)
     labels = jnp.asarray(splits.y_train.astype("int32"))
@@ -209,7 +225,8 @@ def train_epochs(
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(config.seed, epoch, len(images))
-        state, loss, accuracy = run_epoch(step, state, images, labels, order, config.batch_size)
+        key = epoch_key(config.seed, epoch)
+        state, loss, accuracy = run_epoch(step, state, images, labels, order, config.batch_size, key)
         val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
         write_state(model, state)
         logs = {

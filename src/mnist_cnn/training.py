@@ -147,8 +147,13 @@ def keras_epochs(
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(config.seed, epoch, len(splits.X_train))
+        images = splits.X_train[order]
+        if config.augmentation is not None:
+            from mnist_cnn.augment import augment_epoch  # Imports JAX: only when augmenting.
+
+            images = augment_epoch(images, config.seed, epoch, config.augmentation, config.batch_size)
         fit = model.fit(
-            splits.X_train[order],
+            images,
             splits.y_train[order],
             batch_size=config.batch_size,
             initial_epoch=epoch,
