@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup experiment smoke test lint format bench bench-serve clean
+.PHONY: setup experiment smoke test lint format bench bench-serve bench-augment clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py $(ARGS)
+
+## What --augment buys and costs: both models trained with and without it, 5 epochs.
+bench-augment: $(STAMP)
+	$(BIN)/python bench/augment_effect.py --epochs 5 --out runs/augment-effect $(ARGS)
 
 ## Load benchmark of the server (wrk when installed: apt-get install wrk), on a briefly trained run.
 SERVE_RUN ?= runs/bench-serve

@@ -5,8 +5,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
-from mnist_cnn.preprocess import ImageInputError, prepare_digit, read_image_bytes
+from mnist_cnn.errors import ImageInputError
+from mnist_cnn.preprocess import prepare_digit, read_image_bytes
 
 
 def drawn_seven(
@@ -85,3 +87,40 @@ def test_blank_and_oversized_images_are_refused() -> None:
     huge = encoded(Image.new("L", (5000, 5000), 0), "PNG")  # 25 megapixels, a small file.
     with pytest.raises(ImageInputError, match="megapixel limit"):
         read_image_bytes(huge, "huge.png")
+
+
+def test_a_shadow_across_the_paper_is_not_taken_for_ink() -> None:
+    """A photo lit from one side: the paper goes from white to mid-grey across the image."""
+    clean = prepare_digit(drawn_seven(ink=0, paper=255))
+    pixels = np.asarray(drawn_seven(ink=0, paper=255), dtype=np.float32)
+    shading = np.linspace(1.0, 0.45, pixels.shape[1])[None, :]
+    shaded = prepare_digit(Image.fromarray((pixels * shading).astype(np.uint8)))
+    assert np.abs(shaded - clean).mean() < 0.03
+    assert np.abs(np.array(centre_of_mass(shaded)) - centre_of_mass(clean)).max() < 0.5
+
+
+def test_lines_of_ruled_paper_are_removed() -> None:
+    clean = prepare_digit(drawn_seven(ink=0, paper=255))
+    ruled = drawn_seven(ink=0, paper=255)
+    draw = ImageDraw.Draw(ruled)
+    for y in range(12, 200, 25):
+        draw.line([(0, y), (199, y)], fill=150, width=2)
+    draw.line([(20, 0), (20, 199)], fill=120, width=2)  # The margin line.
+    prepared = prepare_digit(ruled)
+    # The same seven, where a line crossed a stroke a pixel's worth chipped off it.
+    assert similarity(prepared, clean) > 0.85
+    rows = np.flatnonzero((prepared > 0.2).any(axis=1))
+    assert rows[-1] - rows[0] + 1 >= 18  # No line left above or below the digit to shrink it.
+
+
+def test_a_large_photo_is_shrunk_first_and_reads_the_same() -> None:
+    small = drawn_seven(ink=0, paper=255)
+    large = small.resize((4000, 4000), Image.Resampling.BILINEAR)
+    assert similarity(prepare_digit(large), prepare_digit(small)) > 0.85
+
+
+def similarity(first: np.ndarray, second: np.ndarray) -> float:
+    """Correlation of two 28x28 digits, blurred so that a pixel's shift barely counts."""
+    return float(
+        np.corrcoef(ndimage.gaussian_filter(first, 1).ravel(), ndimage.gaussian_filter(second, 1).ravel())[0, 1]
+    )

@@ -93,6 +93,7 @@ def test_models_endpoint_and_openapi(server: str) -> None:
     models = httpx.get(f"{server}/api/models").json()["models"]
     assert [model["name"] for model in models] == ["Model_A", "Model_B"]
     assert models[0]["parameters"] == 1_103_230 and models[1]["parameters"] == 2_185_150
+    assert models[0]["augmented"] is False and models[1]["augmented"] is False
     schema = httpx.get(f"{server}/openapi.json").json()
     assert "/api/predict" in schema["paths"] and "/api/models" in schema["paths"]
     assert httpx.get(f"{server}/docs").status_code == 200
@@ -335,6 +336,7 @@ def test_the_page_draws_a_digit_and_shows_both_models(server: str, tmp_path: Pat
             )
         answers = {name: page.locator(f'[data-model="{name}"] .answer').inner_text() for name in ("Model_A", "Model_B")}
         assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
+        assert "trained without augmentation" in page.locator('[data-model="Model_A"] .training').inner_text()
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         if os.environ.get("MNIST_CNN_SCREENSHOT"):
             shutil.copy(tmp_path / "page.png", os.environ["MNIST_CNN_SCREENSHOT"])

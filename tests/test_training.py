@@ -74,3 +74,29 @@ def test_eta_covers_models_not_yet_started() -> None:
         progress.record("Model_A", 3.0)
     # 5 epochs of A left at 3 s, then 10 of B estimated at twice A's cost.
     assert progress.eta_seconds() == pytest.approx(5 * 3.0 + 10 * 6.0)
+
+
+def test_a_damaged_model_file_gives_a_clear_error(small_splits, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from mnist_cnn.errors import RunFolderError
+
+    model, _ = train_small(small_splits, epochs=1)
+    folder = ModelFolder(tmp_path / "Model_A")
+    folder.save_model(model)
+    good = folder.model_path.read_bytes()
+    unknown_class = io.BytesIO()
+    with zipfile.ZipFile(unknown_class, "w") as archive:
+        archive.writestr("config.json", '{"class_name": "Nope", "config": {}}')
+        archive.writestr("metadata.json", "{}")
+    corruptions = {
+        "truncated": good[: len(good) // 2],
+        "flipped bytes": good[:5000] + bytes(255 - byte for byte in good[5000:5400]) + good[5400:],
+        "not a zip": b"just text",
+        "unknown class": unknown_class.getvalue(),
+    }
+    for content in corruptions.values():
+        folder.model_path.write_bytes(content)
+        with pytest.raises(RunFolderError, match="not a readable .keras model"):
+            folder.load_model()

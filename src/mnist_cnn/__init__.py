@@ -9,14 +9,17 @@ The modules, in story order (each imports only modules above it; no import circl
 - data         MNIST the Keras way, offline when it has to be; the split; the epoch order
 - environment  choosing the Keras backend (quietly) and describing the machine
 - models       one parametric CNN builder
+- augment      --augment: each training image redrawn at random, seeded (JAX)
 - training     the epoch loop, both trainers, progress and ETA
 - fused        the fast trainer: the same model as one compiled JAX step
 - checkpoints  per-epoch checkpoints
 - preprocess   any photo or drawing of a digit -> the 28x28 image the models expect
 - inference    a prepared digit -> every model's answer (used by predict and serve)
 - evaluation   test metrics, inference timing, predictions for test images
+- robustness   held-out digits drawn unlike MNIST's, to measure what --augment buys
 - reporting    figures and the comparison table
 - experiment   run_experiment(config, run_dir): the whole specification, resumable
+- batching     the server's inference worker: dynamic batching, bounded queue
 - serve        the draw-a-digit web app and JSON API
 - cli          the mnist-cnn command: parsing and printing only
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from mnist_cnn.errors import ImageInputError
 
@@ -22,6 +23,8 @@ MAX_PIXELS = 20_000_000
 DIGIT_BOX = 20
 FRAME = 28
 INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel counts as ink.
+WORKING_SIDE = 512  # Larger images are shrunk to this (longer side) before anything else.
+RULED_LINE_THICKNESS = 0.03  # Lines of ruled paper: at most this fraction of the image thick.
 
 
 def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
@@ -76,24 +79,78 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 def ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink in [0, 1] on a 0 background: inverted when the digit is dark on light.
 
-    The background is the median of the border pixels: a digit rarely touches all four edges.
+    The polarity comes from the median of the border pixels (a digit rarely touches all four
+    edges). The background is then estimated locally, so a shadow or a lamp's gradient across
+    a photo is not taken for ink; and lines of ruled paper are removed.
     """
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     if background > 0.5:
         gray = 1.0 - gray
-        background = 1.0 - background
-    span = max(1.0 - background, 1e-6)
-    return np.clip((gray - background) / span, 0.0, 1.0)
+    local = local_background(gray)
+    # Ink relative to the paper's own brightness at that spot: under dim light the paper and
+    # the ink both darken, and their ratio stays (for ink dark on light paper, exactly).
+    ink = np.clip((gray - local) / np.maximum(1.0 - local, 0.05), 0.0, 1.0)
+    return remove_ruled_lines(ink)
+
+
+def local_background(gray: np.ndarray) -> np.ndarray:
+    """The slowly varying background under bright ink, on windows wider than a stroke (a
+    quarter of the image), computed on a 64-pixel copy for speed."""
+    small = np.asarray(Image.fromarray(gray, mode="F").resize(_fit(gray.shape, 64), Image.Resampling.BILINEAR))
+    window = max(3, max(small.shape) // 4)
+    # An opening (minimum, then maximum) removes every bright stroke narrower than the window
+    # and keeps a gradient as it is; a small blur softens its steps.
+    opened = ndimage.grey_opening(small, size=(window, window), mode="nearest")
+    smooth = ndimage.uniform_filter(opened, size=3, mode="nearest")
+    return np.asarray(
+        Image.fromarray(smooth.astype(np.float32), mode="F").resize(gray.shape[::-1], Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
+
+
+def _fit(shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """(width, height) of ``shape`` scaled so its longer side is at most ``side``."""
+    scale = min(1.0, side / max(shape))
+    return max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))
+
+
+def remove_ruled_lines(ink: np.ndarray) -> np.ndarray:
+    """Erase thin lines that cross the whole image (ruled or squared paper), keep the digit.
+
+    A line is a row (or column) inked across at least 90% of the image and at most
+    RULED_LINE_THICKNESS of its height thick; a digit's strokes cross the whole image
+    only when the digit fills it, and are thicker.
+    """
+    strong = ink > INK_THRESHOLD * max(float(ink.max()), 1e-6)  # What cropping would count as ink.
+    cleaned = ink.copy()
+    for axis in (0, 1):
+        coverage = strong.mean(axis=1 - axis)
+        lines = coverage > 0.9
+        if not lines.any() or lines.all():
+            continue
+        labels, count = ndimage.label(lines)
+        limit = max(1, round(RULED_LINE_THICKNESS * ink.shape[axis]))
+        for index in range(1, count + 1):
+            run = labels == index
+            if run.sum() <= limit:
+                if axis == 0:
+                    cleaned[run, :] = 0.0
+                else:
+                    cleaned[:, run] = 0.0
+    return cleaned if cleaned.max() > 0 else ink
 
 
 def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
     """Any digit image -> float32 (28, 28) in [0, 1], prepared the way MNIST's digits were."""
+    if max(image.size) > WORKING_SIDE:  # A photo's detail is lost at 20 pixels anyway; work faster.
+        image = image.resize(_fit(image.size[::-1], WORKING_SIDE), Image.Resampling.LANCZOS)
     ink = ink_map(to_grayscale(image))
     if ink.max() < 0.15:
         raise ImageInputError(f"{name}: the image is blank (no ink found); draw or photograph a digit")
-    rows = np.flatnonzero((ink > INK_THRESHOLD * ink.max()).any(axis=1))
-    columns = np.flatnonzero((ink > INK_THRESHOLD * ink.max()).any(axis=0))
+    strong = ink > INK_THRESHOLD * ink.max()
+    rows = np.flatnonzero(strong.any(axis=1))
+    columns = np.flatnonzero(strong.any(axis=0))
     cropped = ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
     scale = DIGIT_BOX / max(cropped.shape)
     height = max(1, round(cropped.shape[0] * scale))

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +56,11 @@ TEMPORARY_MARK = ".partial-"
 FAULT_ENVIRONMENT = "MNIST_CNN_FAULT"
 
 Record = TypeVar("Record")
+# What keras.saving.load_model raises for a damaged .keras file: ValueError for a file that is
+# not a zip (and JSONDecodeError, a ValueError, for a broken config), KeyError for a zip
+# without config.json, BadZipFile for a corrupted member, TypeError for a config naming a
+# class Keras does not know, OSError and EOFError from the file and h5py.
+MODEL_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
 
 
 def fault_point(point: str) -> None:
@@ -202,7 +208,7 @@ class ModelFolder:
             raise RunFolderError(f"{self.model_path} is missing; the run did not finish this model (train it again)")
         try:
             return keras.saving.load_model(self.model_path)
-        except Exception as error:  # Keras raises many kinds (zip, JSON, h5py, ValueError) for a damaged file.
+        except MODEL_FILE_ERRORS as error:
             raise RunFolderError(
                 f"{self.model_path} is not a readable .keras model ({error.__class__.__name__}); retrain it"
             ) from None

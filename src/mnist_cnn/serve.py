@@ -54,7 +54,8 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
     """The app for one run folder; its models are loaded and compiled here, once."""
     run = RunFolder.existing(run_dir)
     models = run.load_models()
-    summaries = [model_summary(run, name, model) for name, model in models.items()]
+    augmented = run.config().augmentation is not None
+    summaries = [{**model_summary(run, name, model), "augmented": augmented} for name, model in models.items()]
     worker = InferenceWorker(models, settings).start()
     # Decoding and preparing uploads is mostly Python holding the GIL: two threads keep both
     # cores busy beside the event loop and the inference worker; dozens (Starlette's default
