@@ -120,12 +120,13 @@ def batch_loss_and_correct(
 def make_train_step(optimizer: keras.optimizers.Optimizer, augmentation: Augmentation | None = None) -> Callable:
     """One SGD step (or whatever optimizer the config names), compiled, updating in place.
 
-    With ``augmentation``, the batch is redrawn inside the same compiled step, from ``key``.
+    With ``augmentation``, batch ``batch`` is redrawn inside the same compiled step, from
+    ``fold_in(key, batch)`` (= augment.batch_key).
     """
 
-    def train_step(params, optimizer_state, images, labels, key):
-        if augmentation is not None:
-            images = augment_batch(images, key, augmentation)
+    def train_step(params, optimizer_state, images, labels, key, batch):
+        if augmentation is not None:  # Inside the compiled step: no extra dispatch per batch.
+            images = augment_batch(images, jax.random.fold_in(key, batch), augmentation)
         (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(params, images, labels)
         params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
         return params, optimizer_state, loss * labels.shape[0], correct
@@ -198,7 +199,8 @@ def run_epoch(
             optimizer_state,
             shuffled_images[start : start + batch_size],
             shuffled_labels[start : start + batch_size],
-            jax.random.fold_in(key, batch),
+            key,
+            batch,
         )
         losses.append(loss)
         corrects.append(correct)
