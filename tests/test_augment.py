@@ -50,13 +50,21 @@ def test_zero_strength_leaves_the_images_as_they_are(digits: np.ndarray) -> None
     np.testing.assert_allclose(unchanged, digits, atol=1e-6)
 
 
-def test_the_model_fit_path_sees_the_fused_paths_images(digits: np.ndarray) -> None:
-    """augment_epoch redraws batch b with batch_key(seed, epoch, b), as the fused step does."""
-    whole = augment_epoch(digits, 5, 2, Augmentation(), batch_size=6)
+def test_an_epoch_is_redrawn_chunk_by_chunk_from_its_own_keys(digits: np.ndarray, monkeypatch) -> None:
+    """augment_epoch: chunk c from batch_key(seed, epoch, c), whatever the chunk's length."""
+    from mnist_cnn import augment
+
+    monkeypatch.setattr(augment, "CHUNK", 6)
+    whole = augment_epoch(digits, 5, 2, Augmentation())
+    assert whole.shape == digits.shape
+    np.testing.assert_array_equal(whole, augment_epoch(digits, 5, 2, Augmentation()))
+    assert not np.allclose(whole, augment_epoch(digits, 5, 3, Augmentation()))
     compiled = jax.jit(augment_batch, static_argnums=2)
     for index, start in enumerate(range(0, len(digits), 6)):
-        batch = np.asarray(compiled(digits[start : start + 6], batch_key(5, 2, index), Augmentation()))
-        np.testing.assert_allclose(whole[start : start + 6], batch, atol=1e-5)
+        part = digits[start : start + 6]
+        padded = np.concatenate([part, np.zeros((6 - len(part), 28, 28, 1), np.float32)])
+        expected = np.asarray(compiled(padded, batch_key(5, 2, index), Augmentation()))[: len(part)]
+        np.testing.assert_allclose(whole[start : start + 6], expected, atol=1e-5)
 
 
 def test_bad_strengths_are_refused() -> None:

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.augment import augment_batch, epoch_key
-from mnist_cnn.config import EVALUATION_BATCH_SIZE, Augmentation, ExperimentConfig
+from mnist_cnn.augment import augment_epoch
+from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
 from mnist_cnn.data import MnistSplits, epoch_order
 from mnist_cnn.errors import ConfigError
 
@@ -117,16 +117,10 @@ def batch_loss_and_correct(
     return jnp.mean(losses), correct
 
 
-def make_train_step(optimizer: keras.optimizers.Optimizer, augmentation: Augmentation | None = None) -> Callable:
-    """One SGD step (or whatever optimizer the config names), compiled, updating in place.
+def make_train_step(optimizer: keras.optimizers.Optimizer) -> Callable:
+    """One SGD step (or whatever optimizer the config names), compiled, updating in place."""
 
-    With ``augmentation``, batch ``batch`` is redrawn inside the same compiled step, from
-    ``fold_in(key, batch)`` (= augment.batch_key).
-    """
-
-    def train_step(params, optimizer_state, images, labels, key, batch):
-        if augmentation is not None:  # Inside the compiled step: no extra dispatch per batch.
-            images = augment_batch(images, jax.random.fold_in(key, batch), augmentation)
+    def train_step(params, optimizer_state, images, labels):
         (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(params, images, labels)
         params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
         return params, optimizer_state, loss * labels.shape[0], correct
@@ -177,36 +171,20 @@ def write_state(model: keras.Model, state: FusedState) -> None:
 
 
 def run_epoch(
-    step: Callable,
-    state: FusedState,
-    images: jax.Array,
-    labels: jax.Array,
-    order: np.ndarray,
-    batch_size: int,
-    key: jax.Array,
+    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, batch_size: int
 ) -> tuple[FusedState, float, float]:
-    """One pass over the data in ``order`` (the last batch may be smaller, as in model.fit).
-
-    Batch b draws its augmentation (if any) from ``fold_in(key, b)`` (= augment.batch_key).
-    """
-    shuffled_images = images[order]
-    shuffled_labels = labels[order]
+    """One pass over ``images`` in their order (the last batch may be smaller, as in model.fit)."""
     params, optimizer_state = state.params, state.optimizer_state
     losses, corrects = [], []
-    for batch, start in enumerate(range(0, len(order), batch_size)):
+    for start in range(0, len(images), batch_size):
         params, optimizer_state, loss, correct = step(
-            params,
-            optimizer_state,
-            shuffled_images[start : start + batch_size],
-            shuffled_labels[start : start + batch_size],
-            key,
-            batch,
+            params, optimizer_state, images[start : start + batch_size], labels[start : start + batch_size]
         )
         losses.append(loss)
         corrects.append(correct)
     total_loss = float(jnp.sum(jnp.stack(losses)))
     total_correct = int(jnp.sum(jnp.stack(corrects)))
-    return FusedState(params, optimizer_state), total_loss / len(order), total_correct / len(order)
+    return FusedState(params, optimizer_state), total_loss / len(images), total_correct / len(images)
 
 
 def train_epochs(
@@ -218,7 +196,7 @@ def train_epochs(
     generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
     """
     require_fusable(model)
-    step = make_train_step(model.optimizer, config.augmentation)
+    step = make_train_step(model.optimizer)
     state = read_state(model)
     images = jnp.asarray(splits.X_train)
     labels = jnp.asarray(splits.y_train.astype("int32"))
@@ -227,8 +205,11 @@ def train_epochs(
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(config.seed, epoch, len(images))
-        key = epoch_key(config.seed, epoch)
-        state, loss, accuracy = run_epoch(step, state, images, labels, order, config.batch_size, key)
+        if config.augmentation is None:
+            epoch_images = images[order]
+        else:
+            epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, config.augmentation))
+        state, loss, accuracy = run_epoch(step, state, epoch_images, labels[order], config.batch_size)
         val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
         write_state(model, state)
         logs = {

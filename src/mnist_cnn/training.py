@@ -151,7 +151,7 @@ def keras_epochs(
         if config.augmentation is not None:
             from mnist_cnn.augment import augment_epoch  # Imports JAX: only when augmenting.
 
-            images = augment_epoch(images, config.seed, epoch, config.augmentation, config.batch_size)
+            images = augment_epoch(images, config.seed, epoch, config.augmentation)
         fit = model.fit(
             images,
             splits.y_train[order],
