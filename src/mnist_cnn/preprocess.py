@@ -96,8 +96,8 @@ def ink_map(gray: np.ndarray) -> np.ndarray:
 
 def local_background(gray: np.ndarray) -> np.ndarray:
     """The slowly varying background under bright ink, on windows wider than a stroke (a
-    quarter of the image), computed on a 64-pixel copy for speed."""
-    small = np.asarray(Image.fromarray(gray, mode="F").resize(_fit(gray.shape, 64), Image.Resampling.BILINEAR))
+    quarter of the image), computed on a 32-pixel copy for speed."""
+    small = np.asarray(Image.fromarray(gray, mode="F").resize(_fit(gray.shape, 32), Image.Resampling.BILINEAR))
     window = max(3, max(small.shape) // 4)
     # An opening (minimum, then maximum) removes every bright stroke narrower than the window
     # and keeps a gradient as it is; a small blur softens its steps.
