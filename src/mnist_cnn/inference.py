@@ -7,11 +7,14 @@ nor matplotlib, so serving stays light.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mnist_cnn.preprocess import digit_png
 from mnist_cnn.results import Prediction
+from mnist_cnn.runs import write_bytes
 
 if TYPE_CHECKING:
     import keras
@@ -87,3 +90,11 @@ def predict_digits(
         {name: Prediction.from_probabilities(rows[index], keep_all=True) for name, rows in probabilities.items()}
         for index in range(count)
     ]
+
+
+def save_model_input(digit: np.ndarray, source: str, folder: Path) -> Path:
+    """Write the 28x28 image the models saw, as a PNG named after the input (``-``: stdin)."""
+    stem = "stdin" if source == "-" else Path(source).stem
+    path = folder / f"{stem}-28x28.png"
+    write_bytes(path, digit_png(digit))
+    return path
