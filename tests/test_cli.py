@@ -140,6 +140,9 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (["predict", newer], "newer mnist-cnn"),
         (["predict", smoke_run, "--index", "99999"], "out of range"),
         (["predict", smoke_run, "seven.png", "--show-input", smoke_run / "config.json"], "cannot write"),
+        (["serve", tmp_path / "missing-run"], "does not exist"),
+        (["serve", smoke_run, "--max-batch", "0"], "must be at least 1"),
+        (["serve", smoke_run, "--batch-window-ms", "-1"], "must be 0 or more"),
     ]
 
 

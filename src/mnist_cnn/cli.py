@@ -63,24 +63,25 @@ positive_int = whole_number(1)
 non_negative_int = whole_number(0)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be positive")
-    return value
+def real_number(zero_allowed: bool) -> Any:
+    """An argparse type: a number above 0 (or, with ``zero_allowed``, 0 or more)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value >= 0 if zero_allowed else value > 0):
+            raise argparse.ArgumentTypeError(
+                f"{text} must be 0 or more" if zero_allowed else f"{text} must be positive"
+            )
+        return value
+
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+positive_float = real_number(zero_allowed=False)
+non_negative_float = real_number(zero_allowed=True)
 
 
 def model_list(text: str) -> tuple[str, ...]:
