@@ -370,9 +370,6 @@ class RunFolder:
     def read_comparison(self) -> Comparison:
         return read_record(self.path / COMPARISON_JSON, Comparison.from_json)
 
-    def read_comparison_markdown(self) -> str:
-        return (self.path / COMPARISON_MARKDOWN).read_text(encoding="utf-8")
-
     def write_predictions(self, predictions: PredictionsOnTestImages) -> None:
         write_json(self.path / PREDICTIONS_JSON, predictions.to_json())
 
