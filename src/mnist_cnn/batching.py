@@ -24,12 +24,9 @@ import numpy as np
 
 from mnist_cnn.config import BatchingSettings
 from mnist_cnn.inference import Forward, compiled_forward, predict_digits
-from mnist_cnn.results import Prediction
 
 if TYPE_CHECKING:
     import keras
-
-Answer = dict[str, Prediction]
 
 
 class Overloaded(Exception):
@@ -53,6 +50,7 @@ class InferenceWorker:
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=self.settings.queue_size)
         self._thread = threading.Thread(target=self._run, name="mnist-cnn-inference", daemon=True)
         self.ready = threading.Event()
+        self.failure: BaseException | None = None  # Why warm-up failed, if it did.
         self.batches = 0  # Forward passes run (for the benchmark and the tests).
         self.answered = 0
 
@@ -62,7 +60,11 @@ class InferenceWorker:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self.ready.wait(timeout)
+        """Wait for the compiled models; re-raise here what broke the warm-up (never hang)."""
+        ready = self.ready.wait(timeout)
+        if self.failure is not None:
+            raise self.failure
+        return ready
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -79,9 +81,14 @@ class InferenceWorker:
         return request.future
 
     def _run(self) -> None:
-        self._forwards = {name: compiled_forward(model) for name, model in self.models.items()}
-        for size in self.settings.batch_sizes():
-            predict_digits(self._forwards, np.zeros((1, 28, 28), dtype=np.float32), padded_size=size)
+        try:
+            self._forwards = {name: compiled_forward(model) for name, model in self.models.items()}
+            for size in self.settings.batch_sizes():
+                predict_digits(self._forwards, np.zeros((1, 28, 28), dtype=np.float32), padded_size=size)
+        except BaseException as error:  # Handed to wait_ready's caller, in its own thread.
+            self.failure = error
+            self.ready.set()
+            return
         self.ready.set()
         while True:
             batch = self._collect()
