@@ -21,6 +21,7 @@ from mnist_cnn import __version__
 from mnist_cnn.config import (
     BACKENDS,
     DEFAULT_BACKEND,
+    DEFAULT_CPUS_PER_TRIAL,
     MODEL_VARIANTS,
     OPTIMIZERS,
     TRAINERS,
@@ -94,7 +95,7 @@ def model_list(text: str) -> tuple[str, ...]:
     return keys
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
+def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     defaults = ExperimentConfig()
     parser.add_argument(
         "--epochs", type=positive_int, default=defaults.epochs, help="epochs per model (default: %(default)s)"
@@ -102,13 +103,18 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)"
     )
-    parser.add_argument(
-        "--seed",
-        type=non_negative_int,
-        default=defaults.seed,
-        help="random seed for weights and shuffling (default: %(default)s)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<timestamp>)")
+    if sweep:
+        parser.add_argument(
+            "--out", type=Path, default=None, help="sweep folder to write (default: runs/compare-<timestamp>)"
+        )
+    else:
+        parser.add_argument(
+            "--seed",
+            type=non_negative_int,
+            default=defaults.seed,
+            help="random seed for weights and shuffling (default: %(default)s)",
+        )
+        parser.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<timestamp>)")
     parser.add_argument(
         "--data",
         default=defaults.data,
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(resume=None)
     add_training_flags(train)
 
+    add_compare_parser(commands)
+
     evaluate = commands.add_parser("evaluate", help="evaluate a run's saved models on the test set")
     evaluate.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
     evaluate.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
@@ -253,12 +261,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    from mnist_cnn.sweep import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_compare_parser(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="is Model_B better than Model_A? the experiment over several seeds on Ray, with paired statistics",
+    )
+    compare.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=tuple(range(5)),
+        help="number of seeds (N means seeds 0..N-1) or a comma-separated list such as 3,7,11 (default: 5)",
+    )
+    compare.add_argument(
+        "--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)"
+    )
+    compare.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="SWEEP_DIR",
+        help="continue an interrupted sweep with its own settings (other training flags are ignored) (default: off)",
+    )
+    compare.add_argument(
+        "--ray-address",
+        default=None,
+        help="join a running Ray cluster: auto, or HOST:PORT of its head (default: a local Ray for this command)",
+    )
+    compare.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="at most this many trials at once (default: as many as the cluster's CPUs allow)",
+    )
+    compare.add_argument(
+        "--cpus-per-trial",
+        type=positive_int,
+        default=DEFAULT_CPUS_PER_TRIAL,
+        help="CPUs each trial reserves and uses; 1 runs single-threaded (default: %(default)s, measured fastest "
+        "on a 2-core machine)",
+    )
+    add_training_flags(compare, sweep=True)
+
+
 def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig:
     return ExperimentConfig(
         models=args.models,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=getattr(args, "seed", ExperimentConfig.seed),
         data=args.data,
         limit=args.limit,
         optimizer=args.optimizer,
@@ -285,6 +344,30 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
     except KeyboardInterrupt:
         print(
             f"mnist-cnn: interrupted; finished epochs are saved. Resume with: mnist-cnn experiment --resume {run.path}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def command_compare(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.runs import SweepFolder
+    from mnist_cnn.sweep import SweepConfig, run_sweep
+
+    if args.resume is not None:
+        sweep = SweepFolder.existing(args.resume)
+        sweep_config = SweepConfig.from_json(sweep.read_settings())
+    else:
+        sweep_config = SweepConfig(
+            experiment=config_from_args(args, backend), seeds=args.seeds, cpus_per_trial=args.cpus_per_trial
+        )
+        sweep = SweepFolder(args.out) if args.out is not None else SweepFolder.new()
+    try:
+        run_sweep(sweep_config, sweep.path, ray_address=args.ray_address, workers=args.workers)
+    except KeyboardInterrupt:
+        print(
+            "mnist-cnn: interrupted; finished seeds and epochs are saved. "
+            f"Resume with: mnist-cnn compare --resume {sweep.path}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -376,8 +459,10 @@ def resumed_backend(args: argparse.Namespace) -> str | None:
     """A resumed run continues on the backend it started on, unless --backend says otherwise."""
     if getattr(args, "resume", None) is None:
         return None
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.runs import RunFolder, SweepFolder
 
+    if args.command == "compare":
+        return SweepFolder.existing(args.resume).read_settings()["experiment"].get("backend")
     return RunFolder.existing(args.resume).config().backend
 
 
@@ -397,6 +482,7 @@ def command_serve(args: argparse.Namespace, backend: str) -> int:
 COMMANDS: dict[str, Any] = {
     "experiment": command_experiment,
     "train": command_experiment,
+    "compare": command_compare,
     "evaluate": command_evaluate,
     "predict": command_predict,
     "serve": command_serve,

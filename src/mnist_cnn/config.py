@@ -22,6 +22,10 @@ TRAINERS = ("auto", "fused", "keras")
 # Evaluation and inference are forward passes only: big batches make them cheap without
 # changing their results. One constant for validation, test evaluation and timing.
 EVALUATION_BATCH_SIZE = 1000
+# compare --seeds: CPUs each trial reserves. Measured on the reference machine (2 cores,
+# README "Is Model_B better than Model_A?"): two 1-thread trials side by side finish more
+# seeds per hour than one 2-thread trial.
+DEFAULT_CPUS_PER_TRIAL = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,3 +118,97 @@ def plot_predictions(images: np.ndarray, result: PredictionsOnTestImages, path: 
             lines.append(f"{name}: {answer.digit} ({answer.probability:.1%}) {mark}")
         axis.set_title("\n".join(lines), fontsize=9)
     save_figure(figure, path)
+
+
+# ---------------------------------------------------------------- a sweep over seeds
+
+
+def mean_and_sd(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation across seeds, epoch by epoch (sd 0 for one seed)."""
+    data = np.asarray(curves, dtype=np.float64)
+    spread = data.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(data.shape[1])
+    return data.mean(axis=0), spread
+
+
+def plot_seed_accuracies(accuracies: dict[str, list[float]], seeds: list[int], path: Path) -> None:
+    """Each seed's test accuracy per model as dots, the mean with its 95 % CI beside them,
+    and (for two models) each seed's paired difference."""
+    from mnist_cnn.stats import summarize
+
+    names = list(accuracies)
+    paired = len(names) == 2 and len(seeds) > 1
+    figure, axes = plt.subplots(1, 2 if paired else 1, figsize=(11 if paired else 6, 4.5), squeeze=False)
+    axis = axes[0][0]
+    for position, (color, name) in enumerate(zip(COLORS, names, strict=False)):
+        values = 100 * np.asarray(accuracies[name])
+        offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+        axis.scatter(position + offsets, values, color=color, alpha=0.7, label=f"{name} (each seed)")
+        summary = summarize(values)
+        if summary.ci_low is not None:
+            axis.errorbar(
+                position + 0.3,
+                summary.mean,
+                yerr=[[summary.mean - summary.ci_low], [summary.ci_high - summary.mean]],
+                fmt="D",
+                color="black",
+                capsize=5,
+            )
+        else:
+            axis.plot(position + 0.3, summary.mean, "D", color="black")
+    if paired:
+        for seed_position in range(len(seeds)):
+            axis.plot(
+                [0, 1],
+                [100 * accuracies[names[0]][seed_position], 100 * accuracies[names[1]][seed_position]],
+                color="grey",
+                alpha=0.3,
+                linewidth=0.8,
+            )
+    axis.set_xticks(range(len(names)), names)
+    axis.set(title=f"test accuracy over {len(seeds)} seeds (diamond: mean, 95 % CI)", ylabel="test accuracy (%)")
+    axis.grid(alpha=0.3)
+    if paired:
+        differences = 100 * (np.asarray(accuracies[names[1]]) - np.asarray(accuracies[names[0]]))
+        summary = summarize(differences)
+        right = axes[0][1]
+        right.axhline(0, color="black", linewidth=0.8)
+        right.scatter(np.arange(len(seeds)), differences, color="tab:purple", label="each seed")
+        right.axhline(summary.mean, color="tab:purple", linestyle="--", label=f"mean {summary.mean:+.3f}")
+        right.axhspan(summary.ci_low, summary.ci_high, color="tab:purple", alpha=0.15, label="95 % CI of the mean")
+        right.set_xticks(np.arange(len(seeds)), [str(seed) for seed in seeds])
+        right.set(
+            title=f"{names[1]} − {names[0]}, same seed", xlabel="seed", ylabel="test accuracy difference (points)"
+        )
+        right.grid(alpha=0.3)
+        right.legend()
+    save_figure(figure, path)
+
+
+def plot_mean_curves(histories: dict[str, list[list[HistoryRow]]], path: Path) -> None:
+    """Validation accuracy and loss per epoch: the mean over seeds with a ±1 sd band, per model."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for color, (name, runs) in zip(COLORS, histories.items(), strict=False):
+        epochs = column(runs[0], "epoch")
+        for axis, metric in zip(axes, ("val_accuracy", "val_loss"), strict=True):
+            mean, spread = mean_and_sd([column(history, metric) for history in runs])
+            axis.plot(epochs, mean, color=color, label=f"{name} (mean of {len(runs)} seeds)")
+            axis.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2, label=f"{name} ±1 sd")
+    for axis, metric in zip(axes, ("validation accuracy", "validation loss"), strict=True):
+        axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    save_figure(figure, path)
+
+
+def plot_epoch_times(seconds_per_epoch: dict[str, list[list[float]]], path: Path) -> None:
+    """Seconds per epoch, epoch by epoch: the mean over seeds with a ±1 sd band, per model."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for color, (name, runs) in zip(COLORS, seconds_per_epoch.items(), strict=False):
+        mean, spread = mean_and_sd(runs)
+        epochs = np.arange(1, len(mean) + 1)
+        axis.plot(epochs, mean, color=color, label=f"{name} (mean of {len(runs)} seeds)")
+        axis.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2)
+    axis.set(title="time per epoch", xlabel="epoch", ylabel="seconds", ylim=(0, None))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    save_figure(figure, path)

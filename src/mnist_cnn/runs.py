@@ -47,6 +47,19 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.npz"
+# A run trained as one trial of a sweep: where it ran, and its training log.
+TRIAL_FILE = "trial.json"
+LOG_FILE = "train.log"
+# The root of a `compare --seeds` sweep.
+SWEEP_FILE = "sweep.json"
+STATISTICS_JSON = "statistics.json"
+STATISTICS_MARKDOWN = "statistics.md"
+SWEEP_FIGURES = {
+    "test_accuracy": "seed-accuracy.png",
+    "curves": "mean-curves.png",
+    "epoch_times": "epoch-times.png",
+}
+SEED_FOLDER_PREFIX = "seed-"
 # Names of files being written start with "." and hold this mark; a process killed
 # mid-write leaves one behind, and the next run in the folder removes it.
 TEMPORARY_MARK = ".partial-"
@@ -302,8 +315,8 @@ class RunFolder:
         return self.config_path.is_file()
 
     def holds_other_files(self) -> bool:
-        """True when the folder has anything but a lock: it is not safe to start a new run in it."""
-        return any(path.name != LOCK_FILE for path in self.path.iterdir())
+        """True when the folder has anything but a lock (or a sweep trial's log): not safe for a new run."""
+        return any(path.name not in (LOCK_FILE, LOG_FILE, TRIAL_FILE) for path in self.path.iterdir())
 
     # config.json
     def write_record(self, config: ExperimentConfig, details: dict[str, Any]) -> None:
@@ -375,6 +388,100 @@ class RunFolder:
 
     def read_predictions(self) -> PredictionsOnTestImages:
         return read_record(self.path / PREDICTIONS_JSON, PredictionsOnTestImages.from_json)
+
+    def is_finished(self) -> bool:
+        """True once every model is trained and the run's reports are written."""
+        return (
+            self.is_run()
+            and self.read_status().get("state") == "finished"
+            and all(folder.is_finished() for folder in self.model_folders())
+        )
+
+    # A run trained as a trial of a sweep
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_FILE
+
+    def write_trial(self, trial: dict[str, Any]) -> None:
+        """trial.json: which node ran this run, with how many CPUs, and when."""
+        write_json(self.path / TRIAL_FILE, trial)
+
+    def read_trial(self) -> dict[str, Any]:
+        path = self.path / TRIAL_FILE
+        return read_json(path) if path.is_file() else {}
+
+
+class SweepFolder:
+    """``compare --seeds``: a folder of ordinary run folders ``seed-<n>/`` and their statistics::
+
+    sweep.json  statistics.json  statistics.md  seed-accuracy.png  mean-curves.png  epoch-times.png
+    seed-0/  seed-1/  ...   (each a run folder, plus trial.json and train.log)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def new(cls, root: str | Path = "runs") -> SweepFolder:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(root) / f"compare-{stamp}"
+        candidate, suffix = base, 1
+        while candidate.exists():
+            suffix += 1
+            candidate = base.with_name(f"{base.name}-{suffix}")
+        return cls(candidate)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> SweepFolder:
+        sweep = cls(path)
+        if not sweep.path.is_dir():
+            raise RunFolderError(
+                f"sweep folder {sweep.path} does not exist; pass a folder written by 'mnist-cnn compare'"
+            )
+        if not sweep.settings_path.is_file():
+            raise RunFolderError(
+                f"{sweep.path} is not a sweep folder (no {SWEEP_FILE}); pass a folder written by 'mnist-cnn compare'"
+            )
+        return sweep
+
+    def create(self) -> SweepFolder:
+        RunFolder(self.path).create()
+        return self
+
+    @property
+    def settings_path(self) -> Path:
+        return self.path / SWEEP_FILE
+
+    def is_sweep(self) -> bool:
+        return self.settings_path.is_file()
+
+    def holds_other_files(self) -> bool:
+        return any(path.name != LOCK_FILE for path in self.path.iterdir())
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        write_json(self.settings_path, settings)
+
+    def read_settings(self) -> dict[str, Any]:
+        settings = read_json(self.settings_path)
+        if not isinstance(settings, dict) or not isinstance(settings.get("experiment"), dict):
+            raise RunFolderError(f"{self.settings_path} is not an mnist-cnn sweep; the sweep folder is damaged")
+        return settings
+
+    def seed_run(self, seed: int) -> RunFolder:
+        return RunFolder(self.path / f"{SEED_FOLDER_PREFIX}{seed}")
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path / LOCK_FILE)
+
+    def figure_path(self, name: str) -> Path:
+        return self.path / SWEEP_FIGURES[name]
+
+    def write_statistics(self, statistics: dict[str, Any], markdown: str) -> None:
+        write_json(self.path / STATISTICS_JSON, statistics)
+        write_text(self.path / STATISTICS_MARKDOWN, markdown)
+
+    def read_statistics(self) -> dict[str, Any]:
+        return read_json(self.path / STATISTICS_JSON)
 
 
 def process_is_alive(pid: int) -> bool:
