@@ -305,9 +305,9 @@ def add_compare_parser(commands: Any) -> None:
     compare.add_argument(
         "--cpus-per-trial",
         type=positive_int,
-        default=DEFAULT_CPUS_PER_TRIAL,
-        help="CPUs each trial reserves and uses; 1 runs single-threaded (default: %(default)s, measured fastest "
-        "on a 2-core machine)",
+        default=None,
+        help=f"CPUs each trial reserves and uses; 1 runs single-threaded (default: auto, {DEFAULT_CPUS_PER_TRIAL} "
+        "each while trials outnumber CPUs, measured fastest on a 2-core machine; idle CPUs go to the last trials)",
     )
     add_training_flags(compare, sweep=True)
 
@@ -358,12 +358,16 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
         sweep = SweepFolder.existing(args.resume)
         sweep_config = SweepConfig.from_json(sweep.read_settings())
     else:
-        sweep_config = SweepConfig(
-            experiment=config_from_args(args, backend), seeds=args.seeds, cpus_per_trial=args.cpus_per_trial
-        )
+        sweep_config = SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds)
         sweep = SweepFolder(args.out) if args.out is not None else SweepFolder.new()
     try:
-        run_sweep(sweep_config, sweep.path, ray_address=args.ray_address, workers=args.workers)
+        run_sweep(
+            sweep_config,
+            sweep.path,
+            ray_address=args.ray_address,
+            workers=args.workers,
+            cpus_per_trial=args.cpus_per_trial,
+        )
     except KeyboardInterrupt:
         print(
             "mnist-cnn: interrupted; finished seeds and epochs are saved. "

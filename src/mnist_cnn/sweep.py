@@ -40,9 +40,11 @@ class SweepConfig:
 
     experiment: ExperimentConfig
     seeds: tuple[int, ...]
-    cpus_per_trial: int = DEFAULT_CPUS_PER_TRIAL
 
     def __post_init__(self) -> None:
+        # Each trial sets its own seed: the experiment's one means nothing here, so it is fixed
+        # at 0 and two sweeps with the same settings compare equal.
+        object.__setattr__(self, "experiment", dataclasses.replace(self.experiment, seed=0))
         if not self.seeds:
             raise ConfigError("no seeds: use --seeds N (seeds 0 to N-1) or a list such as --seeds 3,7,11")
         if len(set(self.seeds)) != len(self.seeds):
@@ -54,8 +56,6 @@ class SweepConfig:
                 "comparing models needs at least 2 seeds to measure seed-to-seed noise; use --seeds 2 or more "
                 "(5 or more for a useful answer)"
             )
-        if self.cpus_per_trial < 1:
-            raise ConfigError(f"CPUs per trial must be at least 1, got {self.cpus_per_trial}")
 
     def for_seed(self, seed: int) -> ExperimentConfig:
         return dataclasses.replace(self.experiment, seed=seed)
@@ -64,18 +64,13 @@ class SweepConfig:
         return {
             "experiment": {**self.experiment.to_dict(), "seed": None},
             "seeds": list(self.seeds),
-            "cpus_per_trial": self.cpus_per_trial,
         }
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> SweepConfig:
         try:
             experiment = ExperimentConfig.from_dict({**document["experiment"], "seed": 0})
-            return cls(
-                experiment=experiment,
-                seeds=tuple(int(seed) for seed in document["seeds"]),
-                cpus_per_trial=int(document["cpus_per_trial"]),
-            )
+            return cls(experiment=experiment, seeds=tuple(int(seed) for seed in document["seeds"]))
         except (KeyError, TypeError, ValueError) as error:
             raise RunFolderError(f"the sweep's settings are damaged ({error})") from None
 
@@ -155,12 +150,15 @@ def run_sweep(
     sweep_dir: str | Path,
     ray_address: str | None = None,
     workers: int | None = None,
+    cpus_per_trial: int | None = None,
     stream: TextIO | None = None,
 ) -> dict[str, Any]:
     """Train every seed not finished yet on Ray, then write and return the sweep's statistics.
 
     Into a folder that already holds this sweep, this resumes: finished seeds are kept,
-    unfinished ones continue from their checkpoints.
+    unfinished ones continue from their checkpoints. Where and how the trials run (the
+    cluster, ``workers``, ``cpus_per_trial``) is not part of the sweep: a resumed sweep may
+    run on other machines, and the results do not depend on it.
     """
     stream = stream or sys.stdout
     sweep = SweepFolder(sweep_dir).create()
@@ -173,7 +171,7 @@ def run_sweep(
             else:
                 pending.append(seed)
         if pending:
-            run_trials(sweep_config, sweep, pending, ray_address, workers, stream)
+            run_trials(sweep_config, sweep, pending, ray_address, CpuPlan.of(workers, cpus_per_trial), stream)
         from mnist_cnn.sweep_report import write_sweep_statistics
 
         statistics, markdown = write_sweep_statistics(sweep, sweep_config)
@@ -247,52 +245,131 @@ def largest_node_cpus(ray: Any) -> int:
     return max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")), default=0)
 
 
+@dataclasses.dataclass
+class CpuPlan:
+    """How many CPUs each trial gets. Fixed (``--cpus-per-trial``), or ``auto``: one each
+    while there are more trials than CPUs, since on a small CPU two 1-thread trials side by
+    side finish more seeds per hour than one 2-thread trial (README), and the CPUs left idle
+    by the last trials shared among them (a running trial is restarted with more: it
+    resumes from its last epoch's checkpoint)."""
+
+    fixed: int | None = None
+    workers: int | None = None  # At most this many trials at once.
+    total: int = 1  # The cluster's CPUs.
+    largest_node: int = 1  # A trial runs on one node, so it can use at most this many.
+
+    @classmethod
+    def of(cls, workers: int | None, cpus_per_trial: int | None) -> CpuPlan:
+        if cpus_per_trial is not None and cpus_per_trial < 1:
+            raise ConfigError(f"CPUs per trial must be at least 1, got {cpus_per_trial}")
+        return cls(fixed=cpus_per_trial, workers=workers)
+
+    def for_cluster(self, total: int, largest_node: int) -> CpuPlan:
+        if self.fixed is not None and self.fixed > largest_node:
+            raise ConfigError(
+                f"no node of the Ray cluster has {self.fixed} CPUs for a trial; use --cpus-per-trial "
+                f"{max(1, largest_node)} or add a larger node"
+            )
+        return dataclasses.replace(self, total=max(1, total), largest_node=max(1, largest_node))
+
+    def concurrency(self) -> int:
+        slots = self.total // (self.fixed or DEFAULT_CPUS_PER_TRIAL)
+        return max(1, min(slots, self.workers or slots))
+
+    def next_trial(self, waiting: int, running: list[int]) -> int | None:
+        """CPUs for the next waiting trial, given the CPUs of those running; None: wait."""
+        if not waiting or len(running) >= self.concurrency():
+            return None
+        free = self.total - sum(running)
+        if self.fixed is not None:
+            return self.fixed if free >= self.fixed else None
+        if free < 1:
+            return None
+        startable = min(waiting, self.concurrency() - len(running))
+        return min(self.largest_node, max(1, free // startable))
+
+    def grow(self, waiting: int, running: list[int]) -> tuple[int, int] | None:
+        """(position in ``running``, new CPUs) of a trial worth restarting with more CPUs."""
+        if self.fixed is not None or waiting or not running:
+            return None
+        free = self.total - sum(running)
+        position = min(range(len(running)), key=lambda index: running[index])
+        if free < 1 or running[position] >= self.largest_node:
+            return None
+        return position, min(self.largest_node, running[position] + free)
+
+
+@dataclasses.dataclass
+class RunningTrial:
+    seed: int
+    cpus: int
+
+
 def run_trials(
     sweep_config: SweepConfig,
     sweep: SweepFolder,
     seeds: Sequence[int],
     ray_address: str | None,
-    workers: int | None,
+    plan: CpuPlan,
     stream: TextIO,
 ) -> None:
-    """Submit one Ray task per seed (at most ``workers`` at a time) and report each as it ends."""
+    """Submit one Ray task per seed as CPUs free up, and report each trial as it ends."""
     ray = start_ray(ray_address)
     try:
-        cpus = sweep_config.cpus_per_trial
-        if largest_node_cpus(ray) < cpus:
-            raise ConfigError(
-                f"no node of the Ray cluster has {cpus} CPUs for a trial; use --cpus-per-trial "
-                f"{max(1, largest_node_cpus(ray))} or add a larger node"
-            )
-        slots = max(1, int(ray.cluster_resources().get("CPU", cpus)) // cpus)
-        concurrency = min(slots, workers or slots, len(seeds))
+        plan = plan.for_cluster(int(ray.cluster_resources().get("CPU", 1)), largest_node_cpus(ray))
+        cpus_text = f"{plan.fixed} CPU(s) each" if plan.fixed else "CPUs shared out (auto)"
         say(
             stream,
-            f"sweep: {len(seeds)} trial(s) to run (seeds {', '.join(map(str, seeds))}), {concurrency} at a time, "
-            f"{cpus} CPU(s) each, on {len(ray.nodes())} Ray node(s); logs in {sweep.path}/seed-*/",
+            f"sweep: {len(seeds)} trial(s) to run (seeds {', '.join(map(str, seeds))}), up to {plan.concurrency()} "
+            f"at a time, {cpus_text}, on {len(ray.nodes())} Ray node(s) with {plan.total} CPUs; "
+            f"logs in {sweep.path}/seed-*/",
         )
-        trial = ray.remote(max_calls=1)(train_seed).options(num_cpus=cpus, max_retries=0)
+        trial = ray.remote(max_calls=1, max_retries=0)(train_seed)
+
+        def submit(seed: int, cpus: int) -> Any:
+            run_dir = str(sweep.seed_run(seed).path.resolve())
+            return trial.options(num_cpus=cpus).remote(sweep_config.for_seed(seed).to_dict(), run_dir, cpus)
+
         waiting = list(seeds)
-        running: dict[Any, int] = {}
-        progress = SweepProgress(total=len(seeds), concurrency=concurrency)
+        running: dict[Any, RunningTrial] = {}
+        progress = SweepProgress(total=len(seeds), concurrency=plan.concurrency())
         try:
             while waiting or running:
-                while waiting and len(running) < concurrency:
+                while (cpus := plan.next_trial(len(waiting), [t.cpus for t in running.values()])) is not None:
                     seed = waiting.pop(0)
-                    run_dir = str(sweep.seed_run(seed).path.resolve())
-                    experiment = sweep_config.for_seed(seed).to_dict()
-                    running[trial.remote(experiment, run_dir, cpus)] = seed
+                    running[submit(seed, cpus)] = RunningTrial(seed, cpus)
+                regrow_idle_cpus(ray, plan, waiting, running, submit, stream)
                 done, _ = ray.wait(list(running), num_returns=1)
-                seed = running.pop(done[0])
-                info = trial_result(ray, done[0], seed, sweep)
+                finished = running.pop(done[0])
+                info = trial_result(ray, done[0], finished.seed, sweep)
                 progress.finished(info["wall_seconds"])
-                report_trial(stream, sweep.seed_run(seed), info, progress)
+                report_trial(stream, sweep.seed_run(finished.seed), info, progress)
+            # A final regrow check is not needed: nothing is left running.
         except KeyboardInterrupt:
             for reference in running:
                 ray.cancel(reference, force=True)
             raise
     finally:
         ray.shutdown()
+
+
+def regrow_idle_cpus(
+    ray: Any, plan: CpuPlan, waiting: list[int], running: dict[Any, RunningTrial], submit: Any, stream: TextIO
+) -> None:
+    """With no trial waiting and CPUs idle, restart a running trial with more of them.
+
+    It loses at most the epoch in progress: the new task resumes from the last checkpoint.
+    """
+    references = list(running)
+    change = plan.grow(len(waiting), [running[reference].cpus for reference in references])
+    if change is None:
+        return
+    reference = references[change[0]]
+    old = running.pop(reference)
+    ray.cancel(reference, force=True)
+    ray.wait([reference], timeout=60)  # The old worker is gone (its run lock with it) before the new one starts.
+    say(stream, f"seed {old.seed}: CPUs idle, restarting it with {change[1]} CPUs (it resumes from its last epoch)")
+    running[submit(old.seed, change[1])] = RunningTrial(old.seed, change[1])
 
 
 def trial_result(ray: Any, reference: Any, seed: int, sweep: SweepFolder) -> dict[str, Any]:

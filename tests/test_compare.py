@@ -1,0 +1,282 @@
+"""compare --seeds: the statistics against independent computations, and real sweeps on Ray
+(local, a two-node cluster, killed and resumed), and its bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats as scipy_stats
+
+from mnist_cnn import stats
+from mnist_cnn.config import ExperimentConfig
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.runs import RunFolder, SweepFolder
+from mnist_cnn.sweep import CpuPlan, SweepConfig, parse_seeds, run_sweep
+
+from .conftest import cli
+
+SWEEP_SEEDS = (0, 1, 2)
+SWEEP_SETTINGS = ("--limit", "300", "--epochs", "2")
+SWEEP_CONFIG = SweepConfig(experiment=ExperimentConfig(limit=300, epochs=2, backend="jax"), seeds=SWEEP_SEEDS)
+
+
+# ---------------------------------------------------------------- statistics, checked independently
+
+
+def test_summary_matches_a_hand_computation() -> None:
+    summary = stats.summarize([1.0, 2.0, 3.0, 4.0])
+    assert summary.mean == 2.5
+    assert summary.sd == pytest.approx(math.sqrt(5 / 3))  # sum of squares 5, n - 1 = 3
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2  # t(0.975, df=3) from tables
+    assert (summary.ci_low, summary.ci_high) == pytest.approx((2.5 - half, 2.5 + half))
+    single = stats.summarize([0.98])
+    assert (single.sd, single.ci_low, single.ci_high) == (None, None, None)
+
+
+def test_paired_difference_matches_scipy() -> None:
+    first = [0.9871, 0.9880, 0.9866, 0.9890, 0.9875]
+    second = [0.9885, 0.9884, 0.9883, 0.9893, 0.9897]
+    result = stats.paired_difference("test_accuracy", first, second)
+    differences = np.subtract(second, first)
+    assert result.differences == pytest.approx(tuple(differences))
+    assert result.t_test_p == pytest.approx(scipy_stats.ttest_rel(second, first).pvalue)
+    assert result.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon(differences).pvalue)
+    low, high = scipy_stats.t.interval(
+        0.95, len(differences) - 1, loc=differences.mean(), scale=scipy_stats.sem(differences)
+    )
+    assert (result.summary.ci_low, result.summary.ci_high) == pytest.approx((low, high))
+    # The bootstrap interval is reproducible and lies within the differences' range.
+    again = stats.paired_difference("test_accuracy", first, second)
+    assert (again.bootstrap_low, again.bootstrap_high) == (result.bootstrap_low, result.bootstrap_high)
+    assert differences.min() <= result.bootstrap_low < differences.mean() < result.bootstrap_high <= differences.max()
+    # Five seeds all in one direction: the smallest two-sided Wilcoxon p there is, 2/32.
+    assert result.wilcoxon_p == pytest.approx(0.0625)
+
+
+def test_paired_difference_edge_cases() -> None:
+    identical = stats.paired_difference("test_accuracy", [0.98, 0.99], [0.98, 0.99])
+    assert identical.t_test_p == 1.0 and identical.wilcoxon_p == 1.0 and identical.summary.mean == 0
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        stats.paired_difference("test_accuracy", [0.98], [0.99])
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_difference("test_accuracy", [0.98, 0.97], [0.99])
+
+
+def test_ratio_summary_is_a_geometric_mean() -> None:
+    ratio = stats.ratio_summary("training_seconds", [100.0, 200.0], [200.0, 800.0])  # ratios 2 and 4
+    assert ratio.ratios == pytest.approx((2.0, 4.0))
+    assert ratio.geometric_mean == pytest.approx(math.sqrt(8))
+    logs = np.log([2.0, 4.0])
+    half = scipy_stats.t.ppf(0.975, 1) * logs.std(ddof=1) / math.sqrt(2)
+    assert (ratio.ci_low, ratio.ci_high) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+
+
+@pytest.mark.parametrize(
+    ("sd", "effect", "expected"),
+    # G*Power's sample sizes for a two-sided one-sample t-test, alpha 0.05, power 0.8:
+    # d = 1 needs 10, d = 0.5 needs 34.
+    [(1.0, 1.0, 10), (2.0, 1.0, 34), (0.001, 0.0005, 34), (None, 0.001, None)],
+)
+def test_seeds_needed_matches_published_power_tables(sd: float | None, effect: float, expected: int | None) -> None:
+    assert stats.seeds_needed(sd, effect) == expected
+
+
+def test_verdicts_say_what_was_found_in_plain_words() -> None:
+    unclear = stats.paired_difference("test_accuracy", [0.9871, 0.9880, 0.9866], [0.9875, 0.9872, 0.9873])
+    sentence = stats.accuracy_verdict("Model_A", "Model_B", unclear)
+    assert sentence.startswith("With 3 seeds, Model_B's test accuracy is 0.01 points higher than Model_A's")
+    assert "no detectable difference" in sentence
+    clear = stats.paired_difference("test_accuracy", [0.980, 0.981, 0.982, 0.983], [0.985, 0.9861, 0.9869, 0.988])
+    assert "a detectable difference" in stats.accuracy_verdict("Model_A", "Model_B", clear)
+    assert "lower" in stats.accuracy_verdict(
+        "Model_B", "Model_A", stats.paired_difference("x", [0.99, 0.98], [0.98, 0.97])
+    )
+
+
+# ---------------------------------------------------------------- seeds and settings
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("5", (0, 1, 2, 3, 4)), ("1", (0,)), ("3,7,11", (3, 7, 11)), ("4,", (4,))])
+def test_seeds_flag(text: str, seeds: tuple[int, ...]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "abc", "1,x", "3,-1"])
+def test_bad_seeds_flag(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_seeds(text)
+
+
+def test_sweep_config_round_trips_and_refuses_a_single_seed_comparison() -> None:
+    assert SweepConfig.from_json(json.loads(json.dumps(SWEEP_CONFIG.to_json()))) == SWEEP_CONFIG
+    with pytest.raises(ConfigError, match="at least 2 seeds"):
+        SweepConfig(experiment=ExperimentConfig(), seeds=(0,))
+    assert SweepConfig(experiment=ExperimentConfig(models=("A",)), seeds=(0,)).seeds == (0,)
+    with pytest.raises(ConfigError, match="twice"):
+        SweepConfig(experiment=ExperimentConfig(), seeds=(1, 1))
+
+
+def test_auto_cpu_plan_runs_one_thread_trials_side_by_side_then_gives_idle_cpus_to_the_last() -> None:
+    plan = CpuPlan.of(workers=None, cpus_per_trial=None).for_cluster(total=2, largest_node=2)
+    assert plan.next_trial(waiting=5, running=[]) == 1
+    assert plan.next_trial(waiting=4, running=[1]) == 1
+    assert plan.next_trial(waiting=3, running=[1, 1]) is None
+    assert plan.grow(waiting=1, running=[1]) is None  # A trial still waits for the free CPU.
+    assert plan.grow(waiting=0, running=[1]) == (0, 2)  # The last trial alone: it gets both CPUs.
+    assert plan.grow(waiting=0, running=[1, 1]) is None
+    assert plan.next_trial(waiting=1, running=[]) == 2
+
+
+def test_fixed_and_capped_cpu_plans() -> None:
+    fixed = CpuPlan.of(workers=None, cpus_per_trial=2).for_cluster(total=2, largest_node=2)
+    assert fixed.next_trial(5, []) == 2 and fixed.next_trial(4, [2]) is None and fixed.grow(0, [2]) is None
+    one_at_a_time = CpuPlan.of(workers=1, cpus_per_trial=None).for_cluster(total=2, largest_node=2)
+    assert one_at_a_time.next_trial(5, []) == 2 and one_at_a_time.next_trial(4, [2]) is None
+    two_nodes = CpuPlan.of(workers=None, cpus_per_trial=None).for_cluster(total=4, largest_node=2)
+    assert two_nodes.next_trial(1, []) == 2  # A trial runs on one node: never more CPUs than a node has.
+    with pytest.raises(ConfigError, match="no node of the Ray cluster has 8 CPUs"):
+        CpuPlan.of(workers=None, cpus_per_trial=8).for_cluster(total=16, largest_node=4)
+
+
+# ---------------------------------------------------------------- real sweeps on Ray
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 seeds x 2 models x 2 epochs on 300 images, on a local Ray (2 CPUs), uninterrupted."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "straight"
+    result = cli("compare", "--seeds", len(SWEEP_SEEDS), *SWEEP_SETTINGS, "--out", sweep_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("trials done") == len(SWEEP_SEEDS)
+    assert "Verdict" in result.stdout
+    return sweep_dir
+
+
+def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sweep: Path) -> None:
+    sweep = SweepFolder.existing(straight_sweep)
+    statistics = sweep.read_statistics()
+    assert statistics["seeds_finished"] == list(SWEEP_SEEDS)
+    for position, seed in enumerate(SWEEP_SEEDS):
+        run = sweep.seed_run(seed)
+        assert run.is_finished() and run.config().seed == seed
+        trial = run.read_trial()
+        assert trial["seed"] == seed and trial["cpus_reserved"] >= 1 and trial["pid"] != os.getpid()
+        for name in ("Model_A", "Model_B"):
+            metrics = run.model(name).read_metrics()
+            assert statistics["models"][name]["test_accuracy"]["values"][position] == metrics.test_accuracy
+            assert statistics["models"][name]["training_seconds"]["values"][position] == metrics.training_seconds
+    accuracies = {name: statistics["models"][name]["test_accuracy"]["values"] for name in ("Model_A", "Model_B")}
+    assert len(set(accuracies["Model_A"])) > 1  # The seeds differ: different initial weights and orders.
+    comparison = statistics["comparison"]
+    expected = stats.paired_difference("test_accuracy", accuracies["Model_A"], accuracies["Model_B"])
+    assert comparison["differences"]["test_accuracy"]["mean"] == pytest.approx(expected.summary.mean)
+    assert comparison["verdict"].startswith(f"With {len(SWEEP_SEEDS)} seeds, Model_B's test accuracy is")
+    markdown = (straight_sweep / "statistics.md").read_text()
+    assert comparison["verdict"] in markdown and "| seed |" in markdown
+    for name in ("test_accuracy", "curves", "epoch_times"):
+        with Image.open(sweep.figure_path(name)) as image:
+            image.verify()
+
+
+def test_a_trial_equals_the_same_experiment_run_alone(straight_sweep: Path, tmp_path: Path) -> None:
+    """A trial is an ordinary run: single-threaded in a Ray worker, it learns exactly what
+    `mnist-cnn experiment --seed 1` learns in this process."""
+    from mnist_cnn.experiment import run_experiment
+
+    alone = tmp_path / "alone"
+    run_experiment(SWEEP_CONFIG.for_seed(1), alone, stream=io.StringIO())
+    trial = SweepFolder(straight_sweep).seed_run(1)
+    for name in ("Model_A", "Model_B"):
+        ours, theirs = trial.model(name).read_history(), RunFolder(alone).model(name).read_history()
+        for row, other in zip(ours, theirs, strict=True):
+            assert {k: v for k, v in row.items() if k != "seconds"} == pytest.approx(
+                {k: v for k, v in other.items() if k != "seconds"}, rel=1e-5
+            )
+
+
+def test_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(straight_sweep: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "mnist_cnn.cli", "compare", "--seeds", str(len(SWEEP_SEEDS))]
+    driver = subprocess.Popen(
+        [*command, *SWEEP_SETTINGS, "--workers", "1", "--out", str(sweep_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in driver.stdout:
+            if "trials done" in line:
+                break
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    first = SweepFolder(sweep_dir).seed_run(0)
+    assert first.is_finished() and not (sweep_dir / "statistics.json").exists()
+    finished_trial = first.read_trial()
+    time.sleep(1)  # Ray's local processes follow their killed driver down.
+
+    result = cli("compare", "--resume", sweep_dir)
+    assert result.returncode == 0, result.stderr
+    assert "seed 0: already finished" in result.stdout
+    assert first.read_trial() == finished_trial  # Not trained again.
+    straight = SweepFolder(straight_sweep).read_statistics()
+    resumed = SweepFolder(sweep_dir).read_statistics()
+    for name in ("Model_A", "Model_B"):
+        for field in ("test_accuracy", "test_loss", "best_val_accuracy"):
+            assert resumed["models"][name][field]["values"] == pytest.approx(straight["models"][name][field]["values"])
+    for field in ("test_accuracy", "test_loss"):
+        ours, theirs = resumed["comparison"]["differences"][field], straight["comparison"]["differences"][field]
+        assert {k: ours[k] for k in ("mean", "ci_low", "ci_high", "t_test_p", "wilcoxon_p")} == pytest.approx(
+            {k: theirs[k] for k in ("mean", "ci_low", "ci_high", "t_test_p", "wilcoxon_p")}
+        )
+
+
+def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        config = SweepConfig(experiment=ExperimentConfig(limit=200, epochs=1, backend="jax"), seeds=(0, 1))
+        statistics = run_sweep(config, tmp_path / "cluster", ray_address=cluster.address, stream=io.StringIO())
+    finally:
+        cluster.shutdown()
+    nodes = {trial["node_id"] for trial in statistics["trials"]}
+    assert len(nodes) == 2, statistics["trials"]  # One CPU a node, two trials at once: one on each.
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--seeds", "0"), "at least 1 seed"),
+        (("--seeds", "1"), "needs at least 2 seeds"),
+        (("--seeds", "x"), "not a number of seeds"),
+        (("--seeds", "2", "--ray-address", "127.0.0.1:9"), "no Ray cluster answers at 127.0.0.1:9"),
+        (("--seeds", "2", "--ray-address", "nonsense"), "is not HOST:PORT"),
+        (("--seeds", "2", "--cpus-per-trial", "512", "--limit", "100"), "no node of the Ray cluster has 512 CPUs"),
+        (("--resume", "NOT_A_SWEEP"), "is not a sweep folder"),
+    ],
+)
+def test_compare_bad_input_gives_one_line_and_exit_code_2(
+    arguments: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    not_a_sweep = tmp_path / "plain"
+    not_a_sweep.mkdir()
+    (not_a_sweep / "notes.txt").write_text("hello")
+    arguments = tuple(str(not_a_sweep) if argument == "NOT_A_SWEEP" else argument for argument in arguments)
+    result = cli("compare", *arguments, "--out", tmp_path / "sweep")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
