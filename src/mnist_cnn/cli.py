@@ -195,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_parser(commands)
 
+    report = commands.add_parser(
+        "report", help="write report.html (one self-contained page) for a run folder or a compare sweep"
+    )
+    report.add_argument("path", type=Path, help="a run folder (experiment, train) or a sweep folder (compare)")
+    add_backend_flag(report)
+
     evaluate = commands.add_parser("evaluate", help="evaluate a run's saved models on the test set")
     evaluate.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
     evaluate.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
@@ -378,6 +384,13 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.report import write_report
+
+    print(f"wrote {write_report(args.path)}")
+    return 0
+
+
 def command_evaluate(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluation import evaluate_model
@@ -487,6 +500,7 @@ COMMANDS: dict[str, Any] = {
     "experiment": command_experiment,
     "train": command_experiment,
     "compare": command_compare,
+    "report": command_report,
     "evaluate": command_evaluate,
     "predict": command_predict,
     "serve": command_serve,

@@ -21,6 +21,7 @@ from mnist_cnn.environment import describe_environment
 from mnist_cnn.errors import ConfigError, RunFolderError
 from mnist_cnn.evaluation import evaluate_model, predict_test_images, time_inference
 from mnist_cnn.models import seeded_model
+from mnist_cnn.report import write_run_report
 from mnist_cnn.reporting import plot_comparison, plot_learning_curves, plot_predictions, write_comparison
 from mnist_cnn.results import CheckpointState, HistoryRow, ModelMetrics, PredictionsOnTestImages
 from mnist_cnn.runs import ModelFolder, RunFolder, fault_point
@@ -123,7 +124,8 @@ def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[
         plot_comparison(histories, run.comparison_figure_path)
     table = write_comparison(metrics, run, header=comparison_header(config, splits, metrics))
     predictions = write_predictions(models, splits, run)
-    say(stream, summary_text(table, predictions, run.path))
+    report = write_run_report(run.path, splits, models)
+    say(stream, summary_text(table, predictions, run.path, report))
     return metrics
 
 
@@ -208,7 +210,7 @@ def comparison_header(config: ExperimentConfig, splits: MnistSplits, metrics: di
     )
 
 
-def summary_text(table_markdown: str, predictions: PredictionsOnTestImages, run_dir: Path) -> str:
+def summary_text(table_markdown: str, predictions: PredictionsOnTestImages, run_dir: Path, report: Path) -> str:
     lines = ["", "Results", table_markdown.rstrip(), "", "Predictions"]
     for position, index in enumerate(predictions.indices):
         answers = ", ".join(
@@ -216,5 +218,5 @@ def summary_text(table_markdown: str, predictions: PredictionsOnTestImages, run_
             for name, answers in predictions.predictions.items()
         )
         lines.append(f"  X_test[{index}] (true {predictions.true_labels[position]}): {answers}")
-    lines.append(f"\nEverything is in {run_dir}")
+    lines.append(f"\nEverything is in {run_dir}; open {report}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 A run folder holds everything needed to reproduce and read a run::
 
     config.json  status.json  run.lock (while in use)
-    comparison.md  comparison.json  comparison.png  predictions.json  predictions.png
+    comparison.md  comparison.json  comparison.png  predictions.json  predictions.png  report.html
     Model_A/  model.keras  history.csv  metrics.json  loss.png  accuracy.png  checkpoint.npz (while training)
 
 ``RunFolder`` and ``ModelFolder`` own every one of these names; the rest of the package
@@ -43,6 +43,7 @@ COMPARISON_MARKDOWN = "comparison.md"
 COMPARISON_FIGURE = "comparison.png"
 PREDICTIONS_JSON = "predictions.json"
 PREDICTIONS_FIGURE = "predictions.png"
+REPORT_FILE = "report.html"
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
@@ -308,6 +309,10 @@ class RunFolder:
     def predictions_figure_path(self) -> Path:
         return self.path / PREDICTIONS_FIGURE
 
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
+
     def model(self, name: str) -> ModelFolder:
         return ModelFolder(self.path / name)
 
@@ -451,6 +456,10 @@ class SweepFolder:
     @property
     def settings_path(self) -> Path:
         return self.path / SWEEP_FILE
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
 
     def is_sweep(self) -> bool:
         return self.settings_path.is_file()

@@ -172,10 +172,12 @@ def run_sweep(
                 pending.append(seed)
         if pending:
             run_trials(sweep_config, sweep, pending, ray_address, CpuPlan.of(workers, cpus_per_trial), stream)
+        from mnist_cnn.report import write_sweep_report
         from mnist_cnn.sweep_report import write_sweep_statistics
 
         statistics, markdown = write_sweep_statistics(sweep, sweep_config)
-    say(stream, "\n" + markdown.rstrip() + f"\n\nEverything is in {sweep.path}")
+        report = write_sweep_report(sweep.path, statistics)
+    say(stream, "\n" + markdown.rstrip() + f"\n\nEverything is in {sweep.path}; open {report}")
     return statistics
 
 

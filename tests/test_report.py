@@ -1,0 +1,164 @@
+"""report.html: one self-contained page per run, checked as HTML, for its content, offline, and in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_cnn.report import confusion_matrix, per_digit_scores
+from mnist_cnn.runs import RunFolder
+
+from .conftest import SMOKE_LIMIT, cli
+
+CHROMIUM = "/usr/bin/chromium"
+RUN_SECTIONS = ("data", "models", "training", "evaluation", "comparison", "mistakes", "predictions", "environment")
+VOID_ELEMENTS = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+
+
+class Page(html.parser.HTMLParser):
+    """Collects ids, image sources and links, and checks that every element is closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.ids: set[str] = set()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.problems: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(values["id"])
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        if tag == "a":
+            self.links.append(values.get("href") or "")
+        if tag not in VOID_ELEMENTS:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.open[-1:] or 'nothing'}")
+            return
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert not page.problems and not page.open, (page.problems, page.open)
+    return page
+
+
+def decoded_images(page: Page) -> list[Image.Image]:
+    images = []
+    for source in page.images:
+        assert source.startswith("data:image/png;base64,"), source[:60]
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        image.load()
+        assert image.width > 50 and image.height > 50
+        images.append(image)
+    return images
+
+
+def assert_offline(path: Path, page: Page) -> None:
+    """Nothing in the page reaches outside the file: every image inline, every link an anchor or relative."""
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, flags=re.IGNORECASE)
+    assert not re.search(r"<(script|link|iframe)\b", text)
+    for link in page.links:
+        assert link.startswith("#") or not re.match(r"^[a-z]+:", link), link
+
+
+def test_the_experiment_writes_a_complete_self_contained_report(smoke_run: Path) -> None:
+    report = RunFolder(smoke_run).report_path
+    page = parse(report)
+    assert set(RUN_SECTIONS) <= page.ids
+    assert_offline(report, page)
+    # Samples, the overlay, each model's curves, confusion matrix and mistakes, X_test[0..2].
+    assert len(decoded_images(page)) == 1 + 1 + 2 + 2 + 2 + 3
+    text = " ".join(" ".join(page.text).split())
+    for name in ("Model_A", "Model_B"):
+        metrics = RunFolder(smoke_run).model(name).read_metrics()
+        wrong = round((1 - metrics.test_accuracy) * SMOKE_LIMIT)
+        assert f"{wrong} of {SMOKE_LIMIT} test images misread" in text  # The same test set as metrics.json.
+        assert f"{metrics.test_accuracy:.4f}" in text
+    for index in (0, 1, 2):
+        assert re.search(rf"X_test\[{index}\] ?, true digit \d: Model_A reads \d", text)
+    assert "Missing" not in text
+
+
+def test_confusion_matrix_and_per_digit_scores_by_hand() -> None:
+    true = np.array([0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 2])
+    counts = confusion_matrix(true, predicted)
+    assert counts[0].tolist()[:3] == [1, 1, 0] and counts[1].tolist()[:3] == [0, 2, 1] and counts[2, 2] == 1
+    assert counts.sum() == 6
+    scores = per_digit_scores(counts)
+    assert scores[1] == {"digit": 1, "images": 3, "precision": 2 / 3, "recall": 2 / 3}
+    assert scores[0]["precision"] == 1.0 and scores[0]["recall"] == 0.5
+    assert scores[5] == {"digit": 5, "images": 0, "precision": None, "recall": None}
+
+
+def test_a_folder_without_its_models_gets_a_report_of_what_it_has(smoke_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "no-models"
+    shutil.copytree(smoke_run, copy)
+    for model_file in copy.glob("*/model.keras"):
+        model_file.unlink()
+    (copy / "report.html").unlink()
+    result = cli("report", copy)
+    assert result.returncode == 0, result.stderr
+    page = parse(copy / "report.html")
+    text = " ".join(page.text)
+    assert text.count("Missing: model.keras") == 2
+    assert "Needs the trained model" in text
+    assert len(decoded_images(page)) == 1 + 1 + 2  # Samples and curves: what the folder still has.
+
+
+def test_report_of_a_missing_folder_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    result = cli("report", tmp_path / "nothing-here")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_chromium_shows_every_image_without_errors_and_fits_a_phone(smoke_run: Path, width: int) -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(RunFolder(smoke_run).report_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+        count = page.evaluate("document.images.length")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        browser.close()
+    assert errors == []
+    assert count == 11 and broken == 0
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests
+    assert overflow <= 1, f"the page is {overflow}px wider than a {width}px screen"
