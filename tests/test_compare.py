@@ -19,10 +19,11 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from mnist_cnn import stats
+from mnist_cnn.compare import run_sweep
 from mnist_cnn.config import ExperimentConfig
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.runs import RunFolder, SweepFolder
-from mnist_cnn.sweep import CpuPlan, SweepConfig, parse_seeds, run_sweep
+from mnist_cnn.sweep import CpuPlan, SweepConfig, parse_seeds
 
 from .conftest import cli
 
@@ -187,6 +188,21 @@ def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sw
     for name in ("test_accuracy", "curves", "epoch_times"):
         with Image.open(sweep.figure_path(name)) as image:
             image.verify()
+
+
+def test_sweep_report_shows_the_verdict_and_links_every_seeds_report(straight_sweep: Path) -> None:
+    from .test_report import assert_offline, decoded_images, parse
+
+    sweep = SweepFolder(straight_sweep)
+    page = parse(sweep.report_path)
+    assert_offline(sweep.report_path, page)
+    assert {"verdict", "models", "paired", "figures", "seeds"} <= page.ids
+    assert len(decoded_images(page)) == 3
+    assert sweep.read_statistics()["comparison"]["verdict"] in " ".join(" ".join(page.text).split())
+    seed_links = [link for link in page.links if not link.startswith("#")]
+    assert seed_links == [f"seed-{seed}/report.html" for seed in SWEEP_SEEDS]
+    for link in seed_links:
+        assert {"data", "mistakes", "predictions"} <= parse(straight_sweep / link).ids
 
 
 def test_a_trial_equals_the_same_experiment_run_alone(straight_sweep: Path, tmp_path: Path) -> None:

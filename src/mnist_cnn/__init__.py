@@ -18,7 +18,12 @@ The modules, in story order (each imports only modules above it; no import circl
 - evaluation   test metrics, inference timing, predictions for test images
 - robustness   held-out digits drawn unlike MNIST's, to measure what --augment buys
 - reporting    figures and the comparison table
+- report       report.html: one self-contained page per run and per sweep (Jinja2)
 - experiment   run_experiment(config, run_dir): the whole specification, resumable
+- stats        paired statistics over seeds: t and bootstrap intervals, tests, power
+- sweep        compare --seeds: one trial per seed as a Ray task, CPUs shared out
+- sweep_report a sweep's statistics.json/.md and figures, read back from its run folders
+- compare      run_sweep(config, sweep_dir): trials, statistics and reports, resumable
 - batching     the server's inference worker: dynamic batching, bounded queue
 - serve        the draw-a-digit web app and JSON API
 - cli          the mnist-cnn command: parsing and printing only

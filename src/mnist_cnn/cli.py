@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(commands)
 
     report = commands.add_parser(
-        "report", help="write report.html (one self-contained page) for a run folder or a compare sweep"
+        "report", help="write the HTML report (one self-contained page) of a run folder or a compare sweep"
     )
     report.add_argument("path", type=Path, help="a run folder (experiment, train) or a sweep folder (compare)")
     add_backend_flag(report)
@@ -357,8 +357,9 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_compare(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.compare import run_sweep
     from mnist_cnn.runs import SweepFolder
-    from mnist_cnn.sweep import SweepConfig, run_sweep
+    from mnist_cnn.sweep import SweepConfig
 
     if args.resume is not None:
         sweep = SweepFolder.existing(args.resume)
@@ -385,7 +386,7 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_report(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.report import write_report
+    from mnist_cnn.compare import write_report
 
     print(f"wrote {write_report(args.path)}")
     return 0

@@ -27,7 +27,7 @@ from mnist_cnn.data import MnistSplits, load_mnist
 from mnist_cnn.errors import UserError
 from mnist_cnn.reporting import COLORS, TABLE_ROWS, column, plt
 from mnist_cnn.results import Comparison, HistoryRow, ModelMetrics
-from mnist_cnn.runs import ModelFolder, RunFolder, SweepFolder, write_text
+from mnist_cnn.runs import ModelFolder, RunFolder, write_text
 
 GALLERY_SIZE = 12  # Most confidently wrong test images shown per model.
 SAMPLES_PER_DIGIT = 8
@@ -75,17 +75,17 @@ def read_model_section(spec: ModelSpec, folder: ModelFolder, model: Any | None) 
     missing = []
     metrics = folder.read_metrics() if folder.metrics_path.is_file() else None
     if metrics is None:
-        missing.append("metrics.json (the model has not finished training)")
+        missing.append(f"{folder.metrics_path.name} (the model has not finished training)")
     history = folder.read_history() if folder.history_path.is_file() else None
     if history is None:
-        missing.append("history.csv (no learning curves)")
+        missing.append(f"{folder.history_path.name} (no learning curves)")
     if model is None and folder.model_path.is_file():
         try:
             model = folder.load_model()
         except UserError as error:
-            missing.append(f"a readable model.keras ({error})")
-    if model is None and folder.model_path.is_file() is False:
-        missing.append("model.keras (no confusion matrix, mistakes or predictions)")
+            missing.append(f"a readable {folder.model_path.name} ({error})")
+    if model is None and not folder.model_path.is_file():
+        missing.append(f"{folder.model_path.name} (no confusion matrix, mistakes or predictions)")
     return ModelSection(spec=spec, metrics=metrics, history=history, model=model, missing=missing)
 
 
@@ -336,68 +336,6 @@ def write_run_report(
 ) -> Path:
     """Write ``report.html`` into a run folder; ``splits`` and ``models`` spare reloading them."""
     run = RunFolder.existing(run_dir)
-    html = template_environment().get_template("report.html.j2").render(**run_context(run, splits, models))
+    html = template_environment().get_template("run.html.j2").render(**run_context(run, splits, models))
     write_text(run.report_path, html)
     return run.report_path
-
-
-# ---------------------------------------------------------------- the sweep report
-
-
-def write_sweep_report(sweep_dir: str | Path, statistics: dict[str, Any] | None = None) -> Path:
-    """Write ``report.html`` at a sweep's root: the statistics, the verdict, a link to each seed's report.
-
-    Without ``statistics``, they are computed again from the seed folders (and written).
-    Seeds whose own report is missing (a sweep run by an older version) get one first.
-    """
-    from mnist_cnn.sweep import SweepConfig
-    from mnist_cnn.sweep_report import MEASURES, write_sweep_statistics
-
-    sweep = SweepFolder.existing(sweep_dir)
-    if statistics is None:
-        statistics, _ = write_sweep_statistics(sweep, SweepConfig.from_json(sweep.read_settings()))
-    seeds = []
-    for trial in statistics["trials"]:
-        run = sweep.seed_run(trial["seed"])
-        if not run.report_path.is_file():
-            write_run_report(run.path)
-        seeds.append({**trial, "link": f"{run.path.name}/{run.report_path.name}"})
-    models = list(statistics["models"])
-    per_seed = [
-        {
-            "seed": trial["seed"],
-            "link": trial["link"],
-            "host": trial["host"],
-            "cpu": trial["cpu"],
-            "resumed": trial["resumed"],
-            "values": [
-                (
-                    statistics["models"][name]["test_accuracy"]["values"][position],
-                    statistics["models"][name]["training_seconds"]["values"][position],
-                )
-                for name in models
-            ],
-        }
-        for position, trial in enumerate(seeds)
-    ]
-    html = (
-        template_environment()
-        .get_template("sweep_report.html.j2")
-        .render(
-            title=f"mnist-cnn compare {sweep.path.name}",
-            generated=datetime.datetime.now().isoformat(timespec="seconds"),
-            version=__version__,
-            statistics=statistics,
-            models=models,
-            measures=MEASURES,
-            per_seed=per_seed,
-            figures={name: file_uri(sweep.figure_path(name)) for name in ("test_accuracy", "curves", "epoch_times")},
-        )
-    )
-    write_text(sweep.report_path, html)
-    return sweep.report_path
-
-
-def write_report(path: str | Path) -> Path:
-    """``mnist-cnn report PATH``: the sweep report for a sweep folder, the run report for a run folder."""
-    return write_sweep_report(path) if SweepFolder(path).is_sweep() else write_run_report(path)

@@ -139,9 +139,9 @@ def plot_seed_accuracies(accuracies: dict[str, list[float]], seeds: list[int], p
     paired = len(names) == 2 and len(seeds) > 1
     figure, axes = plt.subplots(1, 2 if paired else 1, figsize=(11 if paired else 6, 4.5), squeeze=False)
     axis = axes[0][0]
+    offsets = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else np.zeros(1)
     for position, (color, name) in enumerate(zip(COLORS, names, strict=False)):
         values = 100 * np.asarray(accuracies[name])
-        offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
         axis.scatter(position + offsets, values, color=color, alpha=0.7, label=f"{name} (each seed)")
         summary = summarize(values)
         if summary.ci_low is not None:

@@ -21,7 +21,6 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from mnist_cnn.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig
@@ -145,40 +144,30 @@ def train_seed(experiment: dict[str, Any], run_dir: str, cpus: int) -> dict[str,
 # ---------------------------------------------------------------- the sweep (the driver)
 
 
-def run_sweep(
+def train_seeds(
     sweep_config: SweepConfig,
-    sweep_dir: str | Path,
+    sweep: SweepFolder,
     ray_address: str | None = None,
     workers: int | None = None,
     cpus_per_trial: int | None = None,
     stream: TextIO | None = None,
-) -> dict[str, Any]:
-    """Train every seed not finished yet on Ray, then write and return the sweep's statistics.
+) -> None:
+    """Train every seed of the sweep that has not finished, as Ray tasks.
 
-    Into a folder that already holds this sweep, this resumes: finished seeds are kept,
-    unfinished ones continue from their checkpoints. Where and how the trials run (the
-    cluster, ``workers``, ``cpus_per_trial``) is not part of the sweep: a resumed sweep may
-    run on other machines, and the results do not depend on it.
+    Finished seeds are kept; unfinished ones continue from their checkpoints. Where and how
+    the trials run (the cluster, ``workers``, ``cpus_per_trial``) is not part of the sweep: a
+    resumed sweep may run on other machines, and the results do not depend on it.
     """
     stream = stream or sys.stdout
-    sweep = SweepFolder(sweep_dir).create()
-    with sweep.lock():
-        adopt_sweep_folder(sweep_config, sweep)
-        pending = []
-        for seed in sweep_config.seeds:
-            if sweep.seed_run(seed).is_finished():
-                say(stream, f"seed {seed}: already finished in {sweep.seed_run(seed).path}, kept")
-            else:
-                pending.append(seed)
-        if pending:
-            run_trials(sweep_config, sweep, pending, ray_address, CpuPlan.of(workers, cpus_per_trial), stream)
-        from mnist_cnn.report import write_sweep_report
-        from mnist_cnn.sweep_report import write_sweep_statistics
-
-        statistics, markdown = write_sweep_statistics(sweep, sweep_config)
-        report = write_sweep_report(sweep.path, statistics)
-    say(stream, "\n" + markdown.rstrip() + f"\n\nEverything is in {sweep.path}; open {report}")
-    return statistics
+    adopt_sweep_folder(sweep_config, sweep)
+    pending = []
+    for seed in sweep_config.seeds:
+        if sweep.seed_run(seed).is_finished():
+            say(stream, f"seed {seed}: already finished in {sweep.seed_run(seed).path}, kept")
+        else:
+            pending.append(seed)
+    if pending:
+        run_trials(sweep_config, sweep, pending, ray_address, CpuPlan.of(workers, cpus_per_trial), stream)
 
 
 def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:

@@ -7,11 +7,14 @@ computed exactly as those of a straight one, and can be rebuilt at any time.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+from pathlib import Path
 from typing import Any
 
-from mnist_cnn import stats
+from mnist_cnn import __version__, stats
+from mnist_cnn.report import file_uri, template_environment, write_run_report
 from mnist_cnn.results import HistoryRow, ModelMetrics
-from mnist_cnn.runs import RunFolder, SweepFolder
+from mnist_cnn.runs import RunFolder, SweepFolder, write_text
 from mnist_cnn.sweep import DETECTABLE_DIFFERENCE, SweepConfig
 
 # What is compared per seed: (field of ModelMetrics, label, how it is shown).
@@ -262,3 +265,57 @@ def seeds_markdown(statistics: dict[str, Any]) -> list[str]:
             f"| {'yes' if trial['resumed'] else 'no'} |"
         )
     return [*lines, ""]
+
+
+# ---------------------------------------------------------------- the sweep's report.html
+
+
+def write_sweep_report(sweep_dir: str | Path, statistics: dict[str, Any] | None = None) -> Path:
+    """Write ``report.html`` at a sweep's root: the statistics, the verdict, a link to each seed's report.
+
+    Without ``statistics``, they are computed again from the seed folders (and written).
+    Seeds whose own report is missing (a sweep run by an older version) get one first.
+    """
+    sweep = SweepFolder.existing(sweep_dir)
+    if statistics is None:
+        statistics, _ = write_sweep_statistics(sweep, SweepConfig.from_json(sweep.read_settings()))
+    seeds = []
+    for trial in statistics["trials"]:
+        run = sweep.seed_run(trial["seed"])
+        if not run.report_path.is_file():
+            write_run_report(run.path)
+        seeds.append({**trial, "link": f"{run.path.name}/{run.report_path.name}"})
+    models = list(statistics["models"])
+    per_seed = [
+        {
+            "seed": trial["seed"],
+            "link": trial["link"],
+            "host": trial["host"],
+            "cpu": trial["cpu"],
+            "resumed": trial["resumed"],
+            "values": [
+                (
+                    statistics["models"][name]["test_accuracy"]["values"][position],
+                    statistics["models"][name]["training_seconds"]["values"][position],
+                )
+                for name in models
+            ],
+        }
+        for position, trial in enumerate(seeds)
+    ]
+    html = (
+        template_environment()
+        .get_template("sweep.html.j2")
+        .render(
+            title=f"mnist-cnn compare {sweep.path.name}",
+            generated=datetime.datetime.now().isoformat(timespec="seconds"),
+            version=__version__,
+            statistics=statistics,
+            models=models,
+            measures=MEASURES,
+            per_seed=per_seed,
+            figures={name: file_uri(sweep.figure_path(name)) for name in ("test_accuracy", "curves", "epoch_times")},
+        )
+    )
+    write_text(sweep.report_path, html)
+    return sweep.report_path

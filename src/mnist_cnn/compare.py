@@ -1,0 +1,45 @@
+"""``mnist-cnn compare --seeds N`` end to end: the trials on Ray, then the statistics and the reports.
+
+The last step of the story: ``sweep`` trains the seeds, ``sweep_report`` computes the
+statistics from their run folders, ``report`` renders the page. Like ``run_experiment`` for
+one run, ``run_sweep`` is the one entry point the CLI calls.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from mnist_cnn.report import write_run_report
+from mnist_cnn.runs import SweepFolder
+from mnist_cnn.sweep import SweepConfig, say, train_seeds
+from mnist_cnn.sweep_report import write_sweep_report, write_sweep_statistics
+
+
+def run_sweep(
+    sweep_config: SweepConfig,
+    sweep_dir: str | Path,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    cpus_per_trial: int | None = None,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Train every seed not finished yet on Ray, then write and return the sweep's statistics.
+
+    Into a folder that already holds this sweep, this resumes: finished seeds are kept,
+    unfinished ones continue from their checkpoints, and the statistics come out the same.
+    """
+    stream = stream or sys.stdout
+    sweep = SweepFolder(sweep_dir).create()
+    with sweep.lock():
+        train_seeds(sweep_config, sweep, ray_address, workers, cpus_per_trial, stream)
+        statistics, markdown = write_sweep_statistics(sweep, sweep_config)
+        report = write_sweep_report(sweep.path, statistics)
+    say(stream, "\n" + markdown.rstrip() + f"\n\nEverything is in {sweep.path}; open {report}")
+    return statistics
+
+
+def write_report(path: str | Path) -> Path:
+    """``mnist-cnn report PATH``: the sweep report for a sweep folder, the run report for a run folder."""
+    return write_sweep_report(path) if SweepFolder(path).is_sweep() else write_run_report(path)
