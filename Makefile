@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup experiment smoke test lint format bench bench-serve bench-augment clean
+.PHONY: setup experiment smoke compare test lint format bench bench-serve bench-augment clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ experiment: $(STAMP)
 ## A one-minute end-to-end run on 600 images, 2 epochs.
 smoke: $(STAMP)
 	$(BIN)/mnist-cnn experiment --limit 600 --epochs 2 --out runs/smoke $(ARGS)
+
+## Is Model_B better? Both models over 5 seeds (60 epochs each) on a local Ray, with paired statistics.
+compare: $(STAMP)
+	$(BIN)/mnist-cnn compare --seeds 5 $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
