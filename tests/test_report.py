@@ -127,7 +127,8 @@ def test_a_folder_without_its_models_gets_a_report_of_what_it_has(smoke_run: Pat
     text = " ".join(page.text)
     assert text.count("Missing: model.keras") == 2
     assert "Needs the trained model" in text
-    assert len(decoded_images(page)) == 1 + 1 + 2  # Samples and curves: what the folder still has.
+    assert "top 3 digits only" in text  # X_test[0..2] from the predictions the run saved.
+    assert len(decoded_images(page)) == 1 + 1 + 2 + 3  # Samples, curves, X_test[0..2]: what the folder still has.
 
 
 def test_report_of_a_missing_folder_is_one_line_and_exit_code_2(tmp_path: Path) -> None:

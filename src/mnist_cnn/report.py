@@ -181,7 +181,7 @@ def mistakes_figure(
             index = order[slot]
             axis.imshow(images[index].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
             axis.set_title(
-                f"#{index}\ntrue {true[index]} → {predicted[index]}\n{probabilities[index, predicted[index]]:.1%}",
+                f"#{index}\ntrue {true[index]} → {predicted[index]}\n{probabilities[index, predicted[index]]:.2%}",
                 fontsize=8,
             )
     return figure_uri(figure), int(wrong.size)
@@ -280,22 +280,7 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
             )
         model_views.append(view)
 
-    predictions = []
-    if splits is not None and test_probabilities:
-        for index in PREDICTION_INDICES:
-            if index < len(splits.X_test):
-                per_model = {name: values[index] for name, values in test_probabilities.items()}
-                predictions.append(
-                    {
-                        "index": index,
-                        "true": int(splits.y_test[index]),
-                        "answers": [
-                            {"model": name, "digit": int(values.argmax()), "probability": float(values.max())}
-                            for name, values in per_model.items()
-                        ],
-                        "figure": prediction_figure(splits.X_test[index], int(splits.y_test[index]), per_model),
-                    }
-                )
+    predictions = prediction_items(run, splits, test_probabilities)
 
     return {
         "title": f"mnist-cnn run {run.path.name}",
@@ -320,6 +305,48 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
             name: metrics.resumed_from_epoch for name, metrics in finished.items() if metrics.resumed_from_epoch
         },
     }
+
+
+def prediction_items(
+    run: RunFolder, splits: MnistSplits | None, test_probabilities: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """X_test[0..2] with every model's probabilities; without the models, what predictions.json kept."""
+    if splits is None:
+        return []
+    note = ""
+    if test_probabilities:
+        per_image = {
+            index: {name: values[index] for name, values in test_probabilities.items()}
+            for index in PREDICTION_INDICES
+            if index < len(splits.X_test)
+        }
+    else:
+        try:
+            stored = run.read_predictions()
+        except UserError:
+            return []
+        per_image = {}
+        for position, index in enumerate(stored.indices):
+            per_image[index] = {}
+            for name, answers in stored.predictions.items():
+                values = np.zeros(10)
+                for digit, probability in answers[position].top:
+                    values[digit] = probability
+                per_image[index][name] = values
+        note = "From the predictions the run saved (its models are not in this folder): each model's top 3 digits only."
+    return [
+        {
+            "index": index,
+            "true": int(splits.y_test[index]),
+            "answers": [
+                {"model": name, "digit": int(values.argmax()), "probability": float(values.max())}
+                for name, values in per_model.items()
+            ],
+            "figure": prediction_figure(splits.X_test[index], int(splits.y_test[index]), per_model),
+            "note": note,
+        }
+        for index, per_model in per_image.items()
+    ]
 
 
 def comparison_rows(comparison: Comparison | None) -> list[dict[str, Any]]:
