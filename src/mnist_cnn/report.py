@@ -25,7 +25,7 @@ from mnist_cnn import __version__
 from mnist_cnn.config import ExperimentConfig, ModelSpec
 from mnist_cnn.data import MnistSplits, load_mnist
 from mnist_cnn.errors import UserError
-from mnist_cnn.reporting import COLORS, TABLE_ROWS, column, plt
+from mnist_cnn.reporting import COLORS, TABLE_ROWS, comparison_figure, plt
 from mnist_cnn.results import Comparison, HistoryRow, ModelMetrics
 from mnist_cnn.runs import ModelFolder, RunFolder, write_text
 
@@ -108,17 +108,7 @@ def sample_grid(splits: MnistSplits) -> str:
 
 def curves_figure(histories: dict[str, list[HistoryRow]]) -> str:
     """Loss and accuracy per epoch, every model overlaid (solid train, dashed validation)."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for color, (name, history) in zip(COLORS, histories.items(), strict=False):
-        epochs = column(history, "epoch")
-        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-            axis.plot(epochs, column(history, metric), color=color, label=f"{name} train")
-            axis.plot(epochs, column(history, f"val_{metric}"), color=color, linestyle="--", label=f"{name} validation")
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    return figure_uri(figure)
+    return figure_uri(comparison_figure(histories, size=(11, 4), legend_size=8))
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray) -> np.ndarray:

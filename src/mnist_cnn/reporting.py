@@ -45,8 +45,15 @@ def plot_learning_curves(history: list[HistoryRow], folder: ModelFolder) -> list
 
 
 def plot_comparison(histories: dict[str, list[HistoryRow]], path: Path) -> None:
+    """comparison.png: every model's loss and accuracy in one figure."""
+    save_figure(comparison_figure(histories), path)
+
+
+def comparison_figure(
+    histories: dict[str, list[HistoryRow]], size: tuple[float, float] = (12, 4.5), legend_size: float | None = None
+) -> plt.Figure:
     """One figure overlaying every model's loss and accuracy (solid train, dashed validation)."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=size)
     for color, (name, history) in zip(COLORS, histories.items(), strict=False):
         epochs = column(history, "epoch")
         for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -55,8 +62,8 @@ def plot_comparison(histories: dict[str, list[HistoryRow]], path: Path) -> None:
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
         axis.grid(alpha=0.3)
-        axis.legend()
-    save_figure(figure, path)
+        axis.legend(fontsize=legend_size)
+    return figure
 
 
 TABLE_ROWS = (
