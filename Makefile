@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup experiment smoke compare test lint format bench bench-serve bench-augment clean
+.PHONY: setup experiment smoke compare test lint format bench bench-sweep bench-serve bench-augment clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py $(ARGS)
+
+## Seeds per hour of a sweep: one 2-thread trial at a time vs 1-thread trials side by side.
+bench-sweep: $(STAMP)
+	$(BIN)/python bench/sweep_layout.py --epochs 3 --rounds 2 --json docs/sweep-layout.json $(ARGS)
 
 ## What --augment buys and costs: both models trained with and without it, 5 epochs.
 bench-augment: $(STAMP)

@@ -23,7 +23,7 @@ from mnist_cnn.compare import run_sweep
 from mnist_cnn.config import ExperimentConfig
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.runs import RunFolder, SweepFolder
-from mnist_cnn.sweep import CpuPlan, SweepConfig, parse_seeds
+from mnist_cnn.sweep import CpuPlan, SweepConfig, SweepProgress, parse_seeds
 
 from .conftest import cli
 
@@ -150,6 +150,32 @@ def test_fixed_and_capped_cpu_plans() -> None:
         CpuPlan.of(workers=None, cpus_per_trial=8).for_cluster(total=16, largest_node=4)
 
 
+def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None:
+    progress = SweepProgress(total=3, concurrency=2)
+    progress.finished(trial_seconds=14.0, epochs_trained=0)  # Resumed with both models already trained.
+    assert math.isnan(progress.eta_seconds(epochs_left=120))  # Nothing measured yet: no ETA, not "14 s".
+    progress.finished(trial_seconds=600.0, epochs_trained=120)
+    assert progress.eta_seconds(epochs_left=120) == pytest.approx(120 * 614 / 120 / 2)  # Idle CPUs shared.
+    fixed = SweepProgress(total=3, concurrency=2, shares_idle_cpus=False, done=2, seconds=600.0, epochs=120)
+    assert fixed.eta_seconds(epochs_left=120) == pytest.approx(600.0)  # The last trial runs alone.
+
+
+def test_a_trial_taken_up_by_several_tasks_keeps_where_each_ran(tmp_path: Path) -> None:
+    from mnist_cnn.sweep_report import SeedResults, trial_record
+
+    run = RunFolder(tmp_path / "seed-0").create()
+    first = {"seed": 0, "host": "node-1", "cpu": "AMD EPYC", "pid": 11, "started": "2026-11-25T08:00:00"}
+    run.write_trial(first)
+    assert run.read_trial() == first
+    second = {**first, "host": "node-2", "cpu": "Intel Xeon", "pid": 7, "started": "2026-11-25T09:00:00"}
+    run.write_trial(second)  # The first task was cancelled mid-way; another node took the trial up.
+    run.write_trial({**second, "wall_seconds": 60.0})  # The same task, ending: it replaces its own record.
+    trial = run.read_trial()
+    assert trial["earlier"] == [first] and trial["wall_seconds"] == 60.0
+    record = trial_record(SeedResults(seed=0, metrics={}, histories={}, trial=trial, environment={}))
+    assert record["host"] == "node-1, node-2" and record["cpu"] == "AMD EPYC, Intel Xeon" and record["tasks"] == 2
+
+
 # ---------------------------------------------------------------- real sweeps on Ray
 
 
@@ -173,6 +199,7 @@ def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sw
         assert run.is_finished() and run.config().seed == seed
         trial = run.read_trial()
         assert trial["seed"] == seed and trial["cpus_reserved"] >= 1 and trial["pid"] != os.getpid()
+        assert trial["epochs_trained"] == 2 * 2 and "earlier" not in trial  # Two models x two epochs, one task.
         for name in ("Model_A", "Model_B"):
             metrics = run.model(name).read_metrics()
             assert statistics["models"][name]["test_accuracy"]["values"][position] == metrics.test_accuracy

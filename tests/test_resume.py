@@ -58,13 +58,14 @@ def assert_same_result(run_dir: Path, straight_run: Path) -> None:
     assert RunFolder(run_dir).read_predictions() == RunFolder(straight_run).read_predictions()
 
 
-KILL_POINTS = [
-    "epoch-end:Model_A:1",  # A checkpoint just written.
-    "epoch-end:Model_A:3",
-    "epoch-end:Model_B:2",  # Model_A finished, Model_B in training.
-    "model-saved:Model_B",  # Model_B saved, its metrics not yet written.
-    "reports",  # Both models finished, comparison and predictions not yet written.
-]
+# Where the run is killed, and how many of its 2 x 4 epochs are then done (what a sweep's ETA counts).
+KILL_POINTS = {
+    "epoch-end:Model_A:1": 1,  # A checkpoint just written.
+    "epoch-end:Model_A:3": 3,
+    "epoch-end:Model_B:2": 6,  # Model_A finished, Model_B in training.
+    "model-saved:Model_B": 8,  # Model_B saved, its metrics not yet written.
+    "reports": 8,  # Both models finished, comparison and predictions not yet written.
+}
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
@@ -72,6 +73,8 @@ def test_sigkill_then_resume_equals_a_straight_run(tmp_path: Path, straight_run:
     run_dir = tmp_path / "run"
     killed_at(point, run_dir)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # As a kill leaves it.
+    run = RunFolder(run_dir)
+    assert sum(run.model(name).epochs_done() for name in ("Model_A", "Model_B")) == KILL_POINTS[point]
     resumed = cli("experiment", "--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_result(run_dir, straight_run)

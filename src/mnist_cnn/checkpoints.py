@@ -2,22 +2,25 @@
 
 One file, written to a temporary name and renamed, so a crash at any instant leaves either
 the previous checkpoint or the new one, never a broken one. It holds no pickles: numeric
-arrays plus a JSON document, read back with ``allow_pickle=False``.
+arrays plus a JSON document, read back with ``allow_pickle=False``. The module imports no
+Keras, so a sweep's driver can read how far a trial got without loading a backend.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from mnist_cnn.data import ARCHIVE_ERRORS
 from mnist_cnn.errors import CheckpointError
 from mnist_cnn.results import CheckpointState
 from mnist_cnn.runs import atomic_path, fault_point
+
+if TYPE_CHECKING:
+    import keras
 
 FORMAT_VERSION = 1
 

@@ -208,6 +208,16 @@ class ModelFolder:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
+    def epochs_done(self) -> int:
+        """Epochs trained so far: every one once finished, else the checkpoint's count, else 0."""
+        from mnist_cnn.checkpoints import read_checkpoint_state  # It imports this module.
+
+        if self.is_finished():
+            return len(self.read_history())
+        if self.has_checkpoint():
+            return read_checkpoint_state(self.checkpoint_path).epochs_done
+        return 0
+
     def remove_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
 
@@ -408,12 +418,25 @@ class RunFolder:
         return self.path / LOG_FILE
 
     def write_trial(self, trial: dict[str, Any]) -> None:
-        """trial.json: which node ran this run, with how many CPUs, and when."""
-        write_json(self.path / TRIAL_FILE, trial)
+        """trial.json: which node ran this run, with how many CPUs, and when.
+
+        A trial may take several tasks (stopped and resumed, restarted with more CPUs, on
+        another node): the records of the tasks before this one are kept under ``earlier``.
+        A task writes its record when it starts and again when it ends, replacing its own.
+        """
+        previous = self.read_trial()
+        earlier = previous.pop("earlier", [])
+        if previous and task_identity(previous) != task_identity(trial):
+            earlier.append(previous)
+        write_json(self.path / TRIAL_FILE, {**trial, "earlier": earlier} if earlier else trial)
 
     def read_trial(self) -> dict[str, Any]:
         path = self.path / TRIAL_FILE
         return read_json(path) if path.is_file() else {}
+
+
+def task_identity(trial: dict[str, Any]) -> tuple[Any, ...]:
+    return trial.get("host"), trial.get("pid"), trial.get("started")
 
 
 class SweepFolder:

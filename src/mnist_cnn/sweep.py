@@ -12,6 +12,7 @@ imports them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -132,13 +133,26 @@ def train_seed(experiment: dict[str, Any], run_dir: str, cpus: int) -> dict[str,
         "python": platform.python_version(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    run.write_trial(trial)  # Already now: a task cancelled or killed mid-way is still on record.
+    epochs_before = epochs_left(run, config)
     started = time.perf_counter()
     with open(run.log_path, "a", encoding="utf-8") as log:
         run_experiment(config, run.path, stream=log)
     trial["wall_seconds"] = round(time.perf_counter() - started, 3)
+    trial["epochs_trained"] = epochs_before  # By this task: fewer than all when it resumed.
     trial["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     run.write_trial(trial)
     return trial
+
+
+def epochs_left(run: RunFolder, experiment: ExperimentConfig) -> int:
+    """Epochs a seed's trial still has to train, counting its finished models and checkpoints."""
+    done = 0
+    for spec in experiment.model_specs():
+        # A damaged checkpoint counts as not started: the trial itself will report it.
+        with contextlib.suppress(UserError):
+            done += run.model(spec.name).epochs_done()
+    return experiment.epochs * len(experiment.model_specs()) - done
 
 
 # ---------------------------------------------------------------- the sweep (the driver)
@@ -323,7 +337,7 @@ def run_trials(
 
         waiting = list(seeds)
         running: dict[Any, RunningTrial] = {}
-        progress = SweepProgress(total=len(seeds), concurrency=plan.concurrency())
+        progress = SweepProgress(total=len(seeds), concurrency=plan.concurrency(), shares_idle_cpus=plan.fixed is None)
         try:
             while waiting or running:
                 while (cpus := plan.next_trial(len(waiting), [t.cpus for t in running.values()])) is not None:
@@ -333,8 +347,10 @@ def run_trials(
                 done, _ = ray.wait(list(running), num_returns=1)
                 finished = running.pop(done[0])
                 info = trial_result(ray, done[0], finished.seed, sweep)
-                progress.finished(info["wall_seconds"])
-                report_trial(stream, sweep.seed_run(finished.seed), info, progress)
+                progress.finished(info["wall_seconds"], info.get("epochs_trained", 0))
+                unfinished = waiting + [trial.seed for trial in running.values()]
+                left = sum(epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed)) for seed in unfinished)
+                report_trial(stream, sweep.seed_run(finished.seed), info, progress, left)
             # A final regrow check is not needed: nothing is left running.
         except KeyboardInterrupt:
             for reference in running:
@@ -378,28 +394,36 @@ def trial_result(ray: Any, reference: Any, seed: int, sweep: SweepFolder) -> dic
 
 @dataclasses.dataclass
 class SweepProgress:
-    """How many trials are done, and when the rest should be."""
+    """How many trials are done, and when the rest should be.
+
+    Counted in epochs, not trials: a resumed trial may train a few epochs or none (its
+    models were finished before the sweep stopped), and its few seconds say nothing about
+    how long a whole trial takes.
+    """
 
     total: int
     concurrency: int
+    shares_idle_cpus: bool = True  # CpuPlan auto: the last trials get the CPUs others leave.
     done: int = 0
-    seconds: float = 0.0
-    started: float = dataclasses.field(default_factory=time.perf_counter)
+    seconds: float = 0.0  # Wall time of the finished trials...
+    epochs: int = 0  # ...and the epochs they trained in it.
 
-    def finished(self, trial_seconds: float) -> None:
+    def finished(self, trial_seconds: float, epochs_trained: int) -> None:
         self.done += 1
         self.seconds += trial_seconds
+        self.epochs += epochs_trained
 
-    def eta_seconds(self) -> float:
-        """Remaining trials in waves of ``concurrency``, each as long as the mean trial so far."""
-        if self.done == 0:
+    def eta_seconds(self, epochs_left: int) -> float:
+        """``epochs_left`` at the finished trials' seconds per epoch, as many at once as run side by side."""
+        if self.epochs == 0:
             return math.nan
-        remaining = self.total - self.done
-        waves = math.ceil(remaining / self.concurrency)
-        return waves * self.seconds / self.done
+        side_by_side = self.concurrency if self.shares_idle_cpus else min(self.concurrency, self.total - self.done)
+        return epochs_left * self.seconds / self.epochs / max(1, side_by_side)
 
 
-def report_trial(stream: TextIO, run: RunFolder, trial: dict[str, Any], progress: SweepProgress) -> None:
+def report_trial(
+    stream: TextIO, run: RunFolder, trial: dict[str, Any], progress: SweepProgress, epochs_left: int
+) -> None:
     for folder in run.model_folders():
         metrics = folder.read_metrics()
         say(
@@ -407,7 +431,7 @@ def report_trial(stream: TextIO, run: RunFolder, trial: dict[str, Any], progress
             f"seed {trial['seed']:>3}  {metrics.model}  test accuracy {metrics.test_accuracy:.4f}  "
             f"training {format_duration(metrics.training_seconds)}  on {trial['host']}",
         )
-    eta = progress.eta_seconds()
+    eta = progress.eta_seconds(epochs_left)
     left = f", ETA {format_duration(eta)}" if progress.done < progress.total and math.isfinite(eta) else ""
     say(stream, f"sweep: {progress.done}/{progress.total} trials done{left}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,19 +110,28 @@ def paired_comparison(results: list[SeedResults], first: str, second: str) -> di
 
 
 def trial_record(seed: SeedResults) -> dict[str, Any]:
+    """Where a seed's trial ran; a trial resumed elsewhere names every host and CPU it ran on."""
     environment = seed.environment
+    tasks = [*seed.trial.get("earlier", []), seed.trial]
     return {
         "seed": seed.seed,
-        "host": seed.trial.get("host"),
+        "host": distinct(task.get("host") for task in tasks),
         "node_ip": seed.trial.get("node_ip"),
         "node_id": seed.trial.get("node_id"),
-        "cpu": seed.trial.get("cpu", environment.get("cpu")),
+        "cpu": distinct(task.get("cpu", environment.get("cpu")) for task in tasks),
+        "tasks": len(tasks) if seed.trial else 0,
         "cpus_reserved": seed.trial.get("cpus_reserved"),
         "wall_seconds": seed.trial.get("wall_seconds"),
         "backend": environment.get("backend"),
         "libraries": environment.get("libraries", {}),
         "resumed": any(metrics.resumed_from_epoch for metrics in seed.metrics.values()),
     }
+
+
+def distinct(values: Iterable[str | None]) -> str | None:
+    """The values without repeats or blanks, in order, comma-separated; None when there are none."""
+    unique = list(dict.fromkeys(value for value in values if value))
+    return ", ".join(unique) if unique else None
 
 
 def write_sweep_statistics(sweep: SweepFolder, sweep_config: SweepConfig) -> tuple[dict[str, Any], str]:
