@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_cnn.checkpoints import read_checkpoint_state
+from mnist_cnn.checkpoints import epochs_done, read_checkpoint_state
 from mnist_cnn.runs import FAULT_ENVIRONMENT, TEMPORARY_MARK, RunFolder
 from tests.conftest import cli, run_cli
 
@@ -74,7 +74,7 @@ def test_sigkill_then_resume_equals_a_straight_run(tmp_path: Path, straight_run:
     killed_at(point, run_dir)
     assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # As a kill leaves it.
     run = RunFolder(run_dir)
-    assert sum(run.model(name).epochs_done() for name in ("Model_A", "Model_B")) == KILL_POINTS[point]
+    assert sum(epochs_done(run.model(name)) for name in ("Model_A", "Model_B")) == KILL_POINTS[point]
     resumed = cli("experiment", "--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_result(run_dir, straight_run)

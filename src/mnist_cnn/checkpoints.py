@@ -17,7 +17,7 @@ import numpy as np
 from mnist_cnn.data import ARCHIVE_ERRORS
 from mnist_cnn.errors import CheckpointError
 from mnist_cnn.results import CheckpointState
-from mnist_cnn.runs import atomic_path, fault_point
+from mnist_cnn.runs import ModelFolder, atomic_path, fault_point
 
 if TYPE_CHECKING:
     import keras
@@ -71,6 +71,15 @@ def _state_of(path: Path, document: dict[str, Any]) -> CheckpointState:
         raise CheckpointError(
             f"{path}: checkpoint state is malformed ({error}); delete it to restart this model"
         ) from None
+
+
+def epochs_done(folder: ModelFolder) -> int:
+    """Epochs a model has trained so far: every one once finished, else its checkpoint's, else 0."""
+    if folder.is_finished():
+        return len(folder.read_history())
+    if folder.has_checkpoint():
+        return read_checkpoint_state(folder.checkpoint_path).epochs_done
+    return 0
 
 
 def restore_checkpoint(path: Path, model: keras.Model) -> CheckpointState:

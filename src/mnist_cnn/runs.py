@@ -208,16 +208,6 @@ class ModelFolder:
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
 
-    def epochs_done(self) -> int:
-        """Epochs trained so far: every one once finished, else the checkpoint's count, else 0."""
-        from mnist_cnn.checkpoints import read_checkpoint_state  # It imports this module.
-
-        if self.is_finished():
-            return len(self.read_history())
-        if self.has_checkpoint():
-            return read_checkpoint_state(self.checkpoint_path).epochs_done
-        return 0
-
     def remove_checkpoint(self) -> None:
         self.checkpoint_path.unlink(missing_ok=True)
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from mnist_cnn.checkpoints import epochs_done
 from mnist_cnn.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig
 from mnist_cnn.errors import ConfigError, RunFolderError, UserError
 from mnist_cnn.runs import RunFolder, SweepFolder
@@ -151,7 +152,7 @@ def epochs_left(run: RunFolder, experiment: ExperimentConfig) -> int:
     for spec in experiment.model_specs():
         # A damaged checkpoint counts as not started: the trial itself will report it.
         with contextlib.suppress(UserError):
-            done += run.model(spec.name).epochs_done()
+            done += epochs_done(run.model(spec.name))
     return experiment.epochs * len(experiment.model_specs()) - done
 
 
