@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
 import re
 import shutil
 import socket
@@ -36,24 +34,14 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from mnist_cnn.environment import cpu_description
+
 CLIENT_LEVELS = (1, 4, 16, 64)
 SERVER_VARIANTS = (
     ("batching off (--max-batch 1)", ["--max-batch", "1"]),
     ("batching on (default)", []),
     ("batching on, --workers 2", ["--workers", "2"]),
 )
-
-
-def cpu_description() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            info = handle.read()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
-        vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-        return f"{model}, {os.cpu_count()} cores, {vector}"
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def digit_bodies(count: int = 64) -> list[tuple[bytes, str]]:

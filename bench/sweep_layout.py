@@ -30,22 +30,12 @@ import time
 from pathlib import Path
 
 from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.environment import cpu_model
+from mnist_cnn.environment import cpu_description
 from mnist_cnn.runs import SweepFolder
 from mnist_cnn.sweep import SweepConfig, train_seeds
 
 SPEC_EPOCHS = 60
 SEEDS = (0, 1)
-
-
-def cpu_features() -> str:
-    """The vector extensions that change how fast XLA's kernels run (AVX2 vs AVX-512)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    present = set(flags.split(":", 1)[1].split())
-    return ", ".join(name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if name in present)
 
 
 def measure(layout: str, epochs: int, cpus: int, root: Path) -> dict:
@@ -81,7 +71,7 @@ def main() -> int:
     if arguments.epochs < 2 or arguments.rounds < 1:
         parser.error("--epochs must be at least 2 (the first is compilation) and --rounds at least 1")
     cpus = os.cpu_count() or 1
-    print(f"CPU: {cpu_model()} ({cpus} CPUs; {cpu_features()}); {arguments.epochs} epochs per model, seeds {SEEDS}")
+    print(f"CPU: {cpu_description()}; {arguments.epochs} epochs per model, seeds {SEEDS}")
     results = []
     with tempfile.TemporaryDirectory(prefix="sweep-layout-") as temporary:
         for round_number in range(arguments.rounds):
@@ -107,7 +97,7 @@ def main() -> int:
         f"side by side is {ratio:.2f}x ({'faster' if ratio > 1 else 'slower'})"
     )
     if arguments.json:
-        summary = {"cpu": cpu_model(), "cpus": cpus, "features": cpu_features(), "epochs": arguments.epochs}
+        summary = {"cpu": cpu_description(), "cpus": cpus, "epochs": arguments.epochs}
         arguments.json.write_text(json.dumps({**summary, "results": results, "ratio": ratio}, indent=2) + "\n")
     return 0
 

@@ -135,12 +135,12 @@ def train_seed(experiment: dict[str, Any], run_dir: str, cpus: int) -> dict[str,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     run.write_trial(trial)  # Already now: a task cancelled or killed mid-way is still on record.
-    epochs_before = epochs_left(run, config)
+    epochs_to_train = epochs_left(run, config)
     started = time.perf_counter()
     with open(run.log_path, "a", encoding="utf-8") as log:
         run_experiment(config, run.path, stream=log)
     trial["wall_seconds"] = round(time.perf_counter() - started, 3)
-    trial["epochs_trained"] = epochs_before  # By this task: fewer than all when it resumed.
+    trial["epochs_trained"] = epochs_to_train  # By this task: fewer than all when it resumed.
     trial["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     run.write_trial(trial)
     return trial

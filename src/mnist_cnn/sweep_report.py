@@ -289,30 +289,20 @@ def write_sweep_report(sweep_dir: str | Path, statistics: dict[str, Any] | None 
     sweep = SweepFolder.existing(sweep_dir)
     if statistics is None:
         statistics, _ = write_sweep_statistics(sweep, SweepConfig.from_json(sweep.read_settings()))
-    seeds = []
-    for trial in statistics["trials"]:
+    models = list(statistics["models"])
+    per_seed = []
+    for position, trial in enumerate(statistics["trials"]):
         run = sweep.seed_run(trial["seed"])
         if not run.report_path.is_file():
             write_run_report(run.path)
-        seeds.append({**trial, "link": f"{run.path.name}/{run.report_path.name}"})
-    models = list(statistics["models"])
-    per_seed = [
-        {
-            "seed": trial["seed"],
-            "link": trial["link"],
-            "host": trial["host"],
-            "cpu": trial["cpu"],
-            "resumed": trial["resumed"],
-            "values": [
-                (
-                    statistics["models"][name]["test_accuracy"]["values"][position],
-                    statistics["models"][name]["training_seconds"]["values"][position],
-                )
-                for name in models
-            ],
-        }
-        for position, trial in enumerate(seeds)
-    ]
+        values = [
+            (
+                statistics["models"][name]["test_accuracy"]["values"][position],
+                statistics["models"][name]["training_seconds"]["values"][position],
+            )
+            for name in models
+        ]
+        per_seed.append({**trial, "link": f"{run.path.name}/{run.report_path.name}", "values": values})
     html = (
         template_environment()
         .get_template("sweep.html.j2")
