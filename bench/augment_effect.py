@@ -2,7 +2,7 @@
 
 Trains both models twice in one process on one machine (plain, then --augment; same seed,
 epochs and data), then reports MNIST test accuracy, the robustness sets' accuracy
-(``mnist_cnn.robustness``) and the median seconds per epoch of each.
+(``mnist_cnn.data.robustness``) and the median seconds per epoch of each.
 
     python bench/augment_effect.py --epochs 5 --out runs/augment-effect     # make bench-augment
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from mnist_cnn.config import Augmentation, ExperimentConfig  # noqa: E402
-from mnist_cnn.environment import cpu_model, select_backend  # noqa: E402
+from mnist_cnn.core.config import Augmentation, ExperimentConfig  # noqa: E402
+from mnist_cnn.core.environment import cpu_model, select_backend  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     select_backend()
 
+    from mnist_cnn.data.robustness import robustness_accuracy, robustness_sets
     from mnist_cnn.experiment import run_experiment
-    from mnist_cnn.robustness import robustness_accuracy, robustness_sets
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.store.runs import RunFolder
 
     variants = {"plain": None, "--augment": Augmentation()}
     results: dict = {"cpu": cpu_model(), "epochs": args.epochs, "variants": {}}

@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from mnist_cnn.environment import cpu_description
+from mnist_cnn.core.environment import cpu_description
 
 CLIENT_LEVELS = (1, 4, 16, 64)
 SERVER_VARIANTS = (
@@ -47,7 +47,7 @@ SERVER_VARIANTS = (
 def digit_bodies(count: int = 64) -> list[tuple[bytes, str]]:
     """Real digits as users send them: MNIST test images upscaled to 112 px, PNG and JPEG,
     light-on-dark and dark-on-light."""
-    from mnist_cnn.data import load_raw
+    from mnist_cnn.data.mnist import load_raw
 
     _, (images, _), _ = load_raw("bundled")
     bodies = []

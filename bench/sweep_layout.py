@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.environment import cpu_description
-from mnist_cnn.runs import SweepFolder
-from mnist_cnn.sweep import SweepConfig, train_seeds
+from mnist_cnn.core.config import ExperimentConfig, SweepConfig
+from mnist_cnn.core.environment import cpu_description
+from mnist_cnn.store.sweeps import SweepFolder
+from mnist_cnn.sweep.trials import train_seeds
 
 SPEC_EPOCHS = 60
 SEEDS = (0, 1)

@@ -66,9 +66,9 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from mnist_cnn.config import EVALUATION_BATCH_SIZE, MODEL_VARIANTS, ExperimentConfig
-    from mnist_cnn.data import load_mnist
-    from mnist_cnn.models import build_variant
+    from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, MODEL_VARIANTS, ExperimentConfig
+    from mnist_cnn.data.mnist import load_mnist
+    from mnist_cnn.train.models import build_variant
 
     splits = load_mnist("bundled")
     spec = MODEL_VARIANTS[model_key]
@@ -100,8 +100,8 @@ def child(path: str, model_key: str, epochs: int, seed: int) -> dict:
             verbose=0,
         )
     else:
-        from mnist_cnn.models import seeded_model
-        from mnist_cnn.training import train_model
+        from mnist_cnn.train.loop import train_model
+        from mnist_cnn.train.models import seeded_model
 
         config = ExperimentConfig(models=(model_key,), epochs=epochs, seed=seed, backend=keras.backend.backend())
         model = seeded_model(spec, config)

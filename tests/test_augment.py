@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_cnn.augment import augment_batch, augment_epoch, batch_key
-from mnist_cnn.config import Augmentation, ExperimentConfig
-from mnist_cnn.data import load_mnist
-from mnist_cnn.errors import ConfigError
-from mnist_cnn.runs import FAULT_ENVIRONMENT, RunFolder
+from mnist_cnn.core.config import Augmentation, ExperimentConfig
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.faults import FAULT_ENVIRONMENT
+from mnist_cnn.data.augment import augment_batch, augment_epoch, batch_key
+from mnist_cnn.data.mnist import load_mnist
+from mnist_cnn.store.runs import RunFolder
 from tests.conftest import cli
 
 ZERO = Augmentation(**{field: 0.0 for field in Augmentation.__dataclass_fields__})
@@ -52,7 +53,7 @@ def test_zero_strength_leaves_the_images_as_they_are(digits: np.ndarray) -> None
 
 def test_an_epoch_is_redrawn_chunk_by_chunk_from_its_own_keys(digits: np.ndarray, monkeypatch) -> None:
     """augment_epoch: chunk c from batch_key(seed, epoch, c), whatever the chunk's length."""
-    from mnist_cnn import augment
+    from mnist_cnn.data import augment
 
     monkeypatch.setattr(augment, "CHUNK", 6)
     whole = augment_epoch(digits, 5, 2, Augmentation())
@@ -103,9 +104,9 @@ def test_an_augmented_run_records_it_trains_and_resumes_exactly(tmp_path: Path, 
 def test_both_trainers_train_the_same_augmented_model() -> None:
     import keras
 
-    from mnist_cnn.config import MODEL_VARIANTS
-    from mnist_cnn.models import seeded_model
-    from mnist_cnn.training import train_model
+    from mnist_cnn.core.config import MODEL_VARIANTS
+    from mnist_cnn.train.loop import train_model
+    from mnist_cnn.train.models import seeded_model
 
     splits = load_mnist("bundled", limit=320)
     weights = {}

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_cnn import cli as cli_module
-from mnist_cnn.runs import RunFolder
+from mnist_cnn.store.runs import RunFolder
 from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, cli, run_cli
 
 

@@ -18,12 +18,13 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from mnist_cnn import stats
-from mnist_cnn.compare import run_sweep
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.errors import ConfigError
-from mnist_cnn.runs import RunFolder, SweepFolder
-from mnist_cnn.sweep import CpuPlan, SweepConfig, SweepProgress, parse_seeds
+from mnist_cnn.core import stats
+from mnist_cnn.core.config import ExperimentConfig, SweepConfig, parse_seeds
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.store.runs import RunFolder
+from mnist_cnn.store.sweeps import SweepFolder
+from mnist_cnn.sweep.compare import run_sweep
+from mnist_cnn.sweep.trials import CpuPlan, SweepProgress
 
 from .conftest import cli
 
@@ -161,7 +162,7 @@ def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None
 
 
 def test_a_trial_taken_up_by_several_tasks_keeps_where_each_ran(tmp_path: Path) -> None:
-    from mnist_cnn.sweep_report import SeedResults, trial_record
+    from mnist_cnn.report.sweep import SeedResults, trial_record
 
     run = RunFolder(tmp_path / "seed-0").create()
     first = {"seed": 0, "host": "node-1", "cpu": "AMD EPYC", "pid": 11, "started": "2026-11-25T08:00:00"}

@@ -1,6 +1,6 @@
 import pytest
 
-from mnist_cnn.config import ExperimentConfig
+from mnist_cnn.core.config import ExperimentConfig
 
 
 def test_defaults_are_the_specification() -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_cnn import data
-from mnist_cnn.errors import DataError
+from mnist_cnn.core.errors import DataError
+from mnist_cnn.data import mnist as data
 
 
 def test_bundled_mnist_is_split_as_the_specification_says() -> None:

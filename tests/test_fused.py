@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_cnn import fused
-from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
-from mnist_cnn.data import epoch_order
-from mnist_cnn.errors import ConfigError
-from mnist_cnn.models import seeded_model
+from mnist_cnn.core.config import MODEL_VARIANTS, ExperimentConfig
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.data.mnist import epoch_order
+from mnist_cnn.train import fused
+from mnist_cnn.train.models import seeded_model
 
 
 @pytest.fixture(scope="module")

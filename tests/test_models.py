@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
-from mnist_cnn.models import build_cnn, build_variant, compile_model
+from mnist_cnn.core.config import MODEL_VARIANTS, ExperimentConfig
+from mnist_cnn.train.models import build_cnn, build_variant, compile_model
 
 
 @pytest.mark.parametrize(("key", "filters", "parameters"), [("A", 32, 1_103_230), ("B", 64, 2_185_150)])

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mnist_cnn.errors import ImageInputError
-from mnist_cnn.preprocess import prepare_digit, read_image_bytes
+from mnist_cnn.core.errors import ImageInputError
+from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes
 
 
 def drawn_seven(

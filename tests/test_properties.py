@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnist_cnn import data
-from mnist_cnn.checkpoints import read_checkpoint_state
-from mnist_cnn.errors import CheckpointError, DataError
+from mnist_cnn.core.errors import CheckpointError, DataError
+from mnist_cnn.data import mnist as data
+from mnist_cnn.store.checkpoints import read_checkpoint_state
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_cnn.report import confusion_matrix, per_digit_scores
-from mnist_cnn.runs import RunFolder
+from mnist_cnn.report.html import confusion_matrix, per_digit_scores
+from mnist_cnn.store.runs import RunFolder
 
 from .conftest import SMOKE_LIMIT, cli
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_cnn.checkpoints import epochs_done, read_checkpoint_state
-from mnist_cnn.runs import FAULT_ENVIRONMENT, TEMPORARY_MARK, RunFolder
+from mnist_cnn.core.faults import FAULT_ENVIRONMENT
+from mnist_cnn.core.files import TEMPORARY_MARK
+from mnist_cnn.store.checkpoints import epochs_done, read_checkpoint_state
+from mnist_cnn.store.runs import RunFolder
 from tests.conftest import cli, run_cli
 
 ARGS = ["experiment", "--limit", "320", "--epochs", "4", "--seed", "5"]

@@ -51,7 +51,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(trained_run: Path):
     """The real app, served by uvicorn on a loopback port in a background thread."""
-    from mnist_cnn.serve import create_app
+    from mnist_cnn.serve.app import create_app
 
     port = free_port()
     config = uvicorn.Config(create_app(trained_run), host="127.0.0.1", port=port, log_level="warning")
@@ -113,9 +113,9 @@ def test_predict_answers_for_every_model_as_the_library_does(server: str, traine
         assert answer["digit"] == int(np.argmax(answer["probabilities"]))
     assert result["model_input_png"].startswith("data:image/png;base64,")
     # The server and `mnist-cnn predict` share one prediction path: the same image, the same answer.
-    from mnist_cnn.inference import predict_digit
-    from mnist_cnn.preprocess import prepare_digit, read_image_bytes
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.predict.inference import predict_digit
+    from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes
+    from mnist_cnn.store.runs import RunFolder
 
     digit = prepare_digit(read_image_bytes(font_digit(3, font, dark_on_light=True)))
     expected = predict_digit(RunFolder(trained_run).load_models(), digit)
@@ -149,7 +149,7 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_stays_up(
 
 def mnist_upload(index: int, kind: str, dark_on_light: bool) -> bytes:
     """An MNIST test digit as a user would send it: upscaled to 112 px, PNG or JPEG, either polarity."""
-    from mnist_cnn.data import load_raw
+    from mnist_cnn.data.mnist import load_raw
 
     pixels = load_raw("bundled")[1][0][index]
     image = Image.fromarray(255 - pixels if dark_on_light else pixels).resize((112, 112), Image.Resampling.BILINEAR)
@@ -176,9 +176,9 @@ def test_32_concurrent_clients_get_every_answer_right_and_no_5xx(server: str, tr
     """A classroom at once: 32 clients x 20 requests, real digits interleaved with malformed bodies.
 
     Every good request is answered with what a serial prediction of the same image gives."""
-    from mnist_cnn.inference import predict_digit
-    from mnist_cnn.preprocess import prepare_digit, read_image_bytes
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.predict.inference import predict_digit
+    from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes
+    from mnist_cnn.store.runs import RunFolder
 
     uploads = [mnist_upload(index, ("PNG", "JPEG")[index % 2], dark_on_light=index % 4 < 2) for index in range(24)]
     models = RunFolder(trained_run).load_models()
@@ -241,9 +241,9 @@ def test_a_full_queue_answers_503_with_retry_after(trained_run: Path, monkeypatc
     """Back-pressure: a slow worker with a queue of 2 refuses the rest at once, and recovers."""
     from fastapi.testclient import TestClient
 
-    from mnist_cnn import batching
-    from mnist_cnn.config import BatchingSettings
-    from mnist_cnn.serve import create_app
+    from mnist_cnn.core.config import BatchingSettings
+    from mnist_cnn.serve import batching
+    from mnist_cnn.serve.app import create_app
 
     release = threading.Event()
 
@@ -286,8 +286,8 @@ def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) ->
     Measured: 88% for this briefly trained run, 93% for the full 60-epoch models (the misses
     are mostly a 6 read as 5 and a serif 1 read as 2).
     """
-    from mnist_cnn.preprocess import prepare_digit, read_image_bytes
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes
+    from mnist_cnn.store.runs import RunFolder
 
     model = RunFolder(trained_run).model("Model_B").load_model()
     samples, labels = [], []

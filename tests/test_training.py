@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from mnist_cnn.config import MODEL_VARIANTS, ExperimentConfig
-from mnist_cnn.data import load_mnist
-from mnist_cnn.models import seeded_model
-from mnist_cnn.runs import ModelFolder
-from mnist_cnn.training import ExperimentProgress, train_model
+from mnist_cnn.core.config import MODEL_VARIANTS, ExperimentConfig
+from mnist_cnn.data.mnist import load_mnist
+from mnist_cnn.store.runs import ModelFolder
+from mnist_cnn.train.loop import ExperimentProgress, train_model
+from mnist_cnn.train.models import seeded_model
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_a_damaged_model_file_gives_a_clear_error(small_splits, tmp_path: Path) 
     import io
     import zipfile
 
-    from mnist_cnn.errors import RunFolderError
+    from mnist_cnn.core.errors import RunFolderError
 
     model, _ = train_small(small_splits, epochs=1)
     folder = ModelFolder(tmp_path / "Model_A")

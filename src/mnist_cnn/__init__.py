@@ -1,32 +1,20 @@
 """mnist-cnn: train, compare and serve small convolutional networks for MNIST digits.
 
-The modules, in story order (each imports only modules above it; no import circle):
+One subpackage per role. Each imports only the floors below it (tests/test_architecture.py
+holds the rule), so the story reads bottom to top:
 
-- errors       every error a user can cause (UserError and its kinds)
-- config       what to run: the specification's defaults, Model_A/Model_B as named variants
-- results      typed results (metrics, predictions, comparison, checkpoint state) and their JSON
-- runs         the run folder: every file name, atomic writes, status, lock, model save/load
-- data         MNIST the Keras way, offline when it has to be; the split; the epoch order
-- environment  choosing the Keras backend (quietly) and describing the machine
-- models       one parametric CNN builder
-- augment      --augment: each training image redrawn at random, seeded (JAX)
-- training     the epoch loop, both trainers, progress and ETA
-- fused        the fast trainer: the same model as one compiled JAX step
-- checkpoints  per-epoch checkpoints
-- preprocess   any photo or drawing of a digit -> the 28x28 image the models expect
-- inference    a prepared digit -> every model's answer (used by predict and serve)
-- evaluation   test metrics, inference timing, predictions for test images
-- robustness   held-out digits drawn unlike MNIST's, to measure what --augment buys
-- reporting    figures and the comparison table
-- report       report.html: one self-contained page per run and per sweep (Jinja2)
-- experiment   run_experiment(config, run_dir): the whole specification, resumable
-- stats        paired statistics over seeds: t and bootstrap intervals, tests, power
-- sweep        compare --seeds: one trial per seed as a Ray task, CPUs shared out
-- sweep_report a sweep's statistics.json/.md and figures, read back from its run folders
-- compare      run_sweep(config, sweep_dir): trials, statistics and reports, resumable
-- batching     the server's inference worker: dynamic batching, bounded queue
-- serve        the draw-a-digit web app and JSON API
-- cli          the mnist-cnn command: parsing and printing only
+    cli.py        8  the mnist-cnn command: parse flags, print, exit codes
+    sweep/        7  compare: one trial per seed as Ray tasks, CPUs shared out, resumable
+    experiment.py 6  run_experiment(config, run_dir): the specification end to end; evaluate_run
+    report/       5  figures, the one table of measures, report.html per run and per sweep
+    serve/        5  the draw-a-digit web app, its JSON API and batching inference worker
+    train/        4  the CNN defined once (models), both trainers (fused, model.fit), evaluation
+    store/        4  run and sweep folders: every file name, records, checkpoints, the lock
+    data/         3  MNIST the Keras way (offline when it must), augmentation, robustness sets
+    predict/      2  any image of a digit -> the 28x28 input -> every model's answer
+    core/         1  settings and variants, typed results and statistics, errors, atomic files
 """
 
-__version__ = "0.1.0"
+from mnist_cnn.core.version import package_version
+
+__version__ = package_version()

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnist_cnn import __version__
-from mnist_cnn.config import (
+from mnist_cnn.core.config import (
     BACKENDS,
     DEFAULT_BACKEND,
     DEFAULT_CPUS_PER_TRIAL,
@@ -29,7 +28,8 @@ from mnist_cnn.config import (
     BatchingSettings,
     ExperimentConfig,
 )
-from mnist_cnn.errors import UserError
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.version import version_text
 
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
@@ -169,7 +169,7 @@ def add_backend_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnist-cnn", description="Train, compare and serve small CNNs for MNIST digits.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_text()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (default: off)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    from mnist_cnn.sweep import parse_seeds
+    from mnist_cnn.core.config import parse_seeds
 
     try:
         return parse_seeds(text)
@@ -337,7 +337,7 @@ def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig
 
 def command_experiment(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.experiment import run_experiment
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.store.runs import RunFolder
 
     if args.resume is not None:
         run = RunFolder.existing(args.resume)
@@ -357,9 +357,9 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_compare(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.compare import run_sweep
-    from mnist_cnn.runs import SweepFolder
-    from mnist_cnn.sweep import SweepConfig
+    from mnist_cnn.core.config import SweepConfig
+    from mnist_cnn.store.sweeps import SweepFolder
+    from mnist_cnn.sweep.compare import run_sweep
 
     if args.resume is not None:
         sweep = SweepFolder.existing(args.resume)
@@ -386,16 +386,16 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_report(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.compare import write_report
+    from mnist_cnn.sweep.compare import write_report
 
     print(f"wrote {write_report(args.path)}")
     return 0
 
 
 def command_evaluate(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.data import load_mnist
-    from mnist_cnn.evaluation import evaluate_model
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.data.mnist import load_mnist
+    from mnist_cnn.store.runs import RunFolder
+    from mnist_cnn.train.evaluation import evaluate_model
 
     run = RunFolder.existing(args.run_dir)
     config = run.config()
@@ -414,9 +414,9 @@ def command_evaluate(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_predict(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.data import load_mnist
-    from mnist_cnn.evaluation import predict_test_images
-    from mnist_cnn.runs import RunFolder
+    from mnist_cnn.data.mnist import load_mnist
+    from mnist_cnn.store.runs import RunFolder
+    from mnist_cnn.train.evaluation import predict_test_images
 
     run = RunFolder.existing(args.run_dir)
     config = run.config()
@@ -437,9 +437,9 @@ def command_predict(args: argparse.Namespace, backend: str) -> int:
 
 def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int:
     """Predict each image file; a bad file gets its own error line and the others go on."""
-    from mnist_cnn.errors import ImageInputError
-    from mnist_cnn.inference import predict_digit, save_model_input
-    from mnist_cnn.preprocess import prepare_digit, read_image_bytes, read_image_file
+    from mnist_cnn.core.errors import ImageInputError
+    from mnist_cnn.predict.inference import predict_digit, save_model_input
+    from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes, read_image_file
 
     results, failures = [], 0
     for source in args.images:
@@ -477,7 +477,8 @@ def resumed_backend(args: argparse.Namespace) -> str | None:
     """A resumed run continues on the backend it started on, unless --backend says otherwise."""
     if getattr(args, "resume", None) is None:
         return None
-    from mnist_cnn.runs import RunFolder, SweepFolder
+    from mnist_cnn.store.runs import RunFolder
+    from mnist_cnn.store.sweeps import SweepFolder
 
     if args.command == "compare":
         return SweepFolder.existing(args.resume).read_settings()["experiment"].get("backend")
@@ -490,7 +491,7 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def command_serve(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.serve import serve
+    from mnist_cnn.serve.app import serve
 
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
     serve(args.run_dir, host=args.host, port=args.port, settings=settings, workers=args.workers)
@@ -514,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        from mnist_cnn.environment import select_backend
+        from mnist_cnn.core.environment import select_backend
 
         # Ctrl-C and `kill` stop a run cleanly, even when started from a shell that
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
@@ -534,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Not something the user did: a bug. Keep the traceback, it is what a report needs.
         traceback.print_exc()
         print(
-            f"mnist-cnn: this is a bug in mnist-cnn {__version__}; please report it with the traceback above",
+            f"mnist-cnn: this is a bug in mnist-cnn {version_text()}; please report it with the traceback above",
             file=sys.stderr,
         )
         return EXIT_BUG

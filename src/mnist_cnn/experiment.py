@@ -13,19 +13,20 @@ from typing import Any, TextIO
 
 import keras
 
-from mnist_cnn import __version__
-from mnist_cnn.checkpoints import restore_checkpoint, save_checkpoint
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.data import MnistSplits, load_mnist
-from mnist_cnn.environment import describe_environment
-from mnist_cnn.errors import ConfigError, RunFolderError
-from mnist_cnn.evaluation import evaluate_model, predict_test_images, time_inference
-from mnist_cnn.models import seeded_model
-from mnist_cnn.report import write_run_report
-from mnist_cnn.reporting import plot_comparison, plot_learning_curves, plot_predictions, write_comparison
-from mnist_cnn.results import CheckpointState, HistoryRow, ModelMetrics, PredictionsOnTestImages
-from mnist_cnn.runs import ModelFolder, RunFolder, fault_point
-from mnist_cnn.training import ExperimentProgress, ResumePoint, TrainingResult, train_model
+from mnist_cnn.core.config import ExperimentConfig
+from mnist_cnn.core.environment import describe_environment
+from mnist_cnn.core.errors import ConfigError, RunFolderError
+from mnist_cnn.core.faults import fault_point
+from mnist_cnn.core.results import CheckpointState, HistoryRow, ModelMetrics, PredictionsOnTestImages
+from mnist_cnn.core.version import git_commit, package_version
+from mnist_cnn.data.mnist import MnistSplits, load_mnist
+from mnist_cnn.report.figures import plot_comparison, plot_learning_curves, plot_predictions, write_comparison
+from mnist_cnn.report.html import write_run_report
+from mnist_cnn.store.checkpoints import restore_checkpoint, save_checkpoint
+from mnist_cnn.store.runs import ModelFolder, RunFolder
+from mnist_cnn.train.evaluation import evaluate_model, predict_test_images, time_inference
+from mnist_cnn.train.loop import ExperimentProgress, ResumePoint, TrainingResult, train_model
+from mnist_cnn.train.models import seeded_model
 
 PREDICTION_INDICES = (0, 1, 2)
 
@@ -85,7 +86,8 @@ def adopt_run_folder(config: ExperimentConfig, run: RunFolder) -> bool:
 def run_details(config: ExperimentConfig) -> dict[str, Any]:
     """What config.json holds beside the settings: the software and hardware that ran them."""
     return {
-        "mnist_cnn_version": __version__,
+        "mnist_cnn_version": package_version(),
+        "mnist_cnn_commit": git_commit(),
         "trainer_used": config.resolved_trainer(),
         "environment": describe_environment(),
     }

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 import keras
 
-from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
-from mnist_cnn.data import MnistSplits, epoch_order
-from mnist_cnn.results import HISTORY_FIELDS, HistoryRow
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.core.results import HISTORY_FIELDS, HistoryRow
+from mnist_cnn.data.mnist import MnistSplits, epoch_order
 
 EpochLogs = dict[str, float]
 
@@ -134,7 +134,7 @@ def train_model(
 def fused_epochs(
     model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
 ) -> Iterator[tuple[int, EpochLogs]]:
-    from mnist_cnn import fused  # Imports JAX: only on the JAX backend.
+    from mnist_cnn.train import fused  # Imports JAX: only on the JAX backend.
 
     return fused.train_epochs(model, splits, config, first_epoch)
 
@@ -149,7 +149,7 @@ def keras_epochs(
         order = epoch_order(config.seed, epoch, len(splits.X_train))
         images = splits.X_train[order]
         if config.augmentation is not None:
-            from mnist_cnn.augment import augment_epoch  # Imports JAX: only when augmenting.
+            from mnist_cnn.data.augment import augment_epoch  # Imports JAX: only when augmenting.
 
             images = augment_epoch(images, config.seed, epoch, config.augmentation)
         fit = model.fit(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mnist_cnn.errors import ConfigError
+from mnist_cnn.core.errors import ConfigError, RunFolderError
 
 # The backend measured fastest for the whole seed protocol on the reference machine
 # (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
@@ -176,6 +176,63 @@ def validate_config(config: ExperimentConfig) -> None:
 def _require_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep runs: one experiment config, repeated for each seed (its own seed ignored)."""
+
+    experiment: ExperimentConfig
+    seeds: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # Each trial sets its own seed: the experiment's one means nothing here, so it is fixed
+        # at 0 and two sweeps with the same settings compare equal.
+        object.__setattr__(self, "experiment", dataclasses.replace(self.experiment, seed=0))
+        if not self.seeds:
+            raise ConfigError("no seeds: use --seeds N (seeds 0 to N-1) or a list such as --seeds 3,7,11")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"a seed is named twice in --seeds {','.join(map(str, self.seeds))}")
+        if min(self.seeds) < 0:
+            raise ConfigError("seeds must be 0 or more")
+        if len(self.experiment.models) > 1 and len(self.seeds) < 2:
+            raise ConfigError(
+                "comparing models needs at least 2 seeds to measure seed-to-seed noise; use --seeds 2 or more "
+                "(5 or more for a useful answer)"
+            )
+
+    def for_seed(self, seed: int) -> ExperimentConfig:
+        return dataclasses.replace(self.experiment, seed=seed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "experiment": {**self.experiment.to_dict(), "seed": None},
+            "seeds": list(self.seeds),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> SweepConfig:
+        try:
+            experiment = ExperimentConfig.from_dict({**document["experiment"], "seed": 0})
+            return cls(experiment=experiment, seeds=tuple(int(seed) for seed in document["seeds"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise RunFolderError(f"the sweep's settings are damaged ({error})") from None
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``5`` means seeds 0-4; ``3,7,11`` means those seeds. ValueError with a usable message."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seeds or a comma-separated list of seeds") from None
+    if len(numbers) == 1 and "," not in text:
+        if numbers[0] < 1:
+            raise ValueError(f"--seeds {text}: at least 1 seed is needed (2 or more to compare models)")
+        return tuple(range(numbers[0]))
+    if not numbers or min(numbers) < 0:
+        raise ValueError(f"{text!r}: seeds must be 0 or more")
+    return tuple(numbers)
 
 
 @dataclasses.dataclass(frozen=True)

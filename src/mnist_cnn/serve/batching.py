@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_cnn.config import BatchingSettings
-from mnist_cnn.inference import Forward, compiled_forward, predict_digits
+from mnist_cnn.core.config import BatchingSettings
+from mnist_cnn.predict.inference import Forward, compiled_forward, predict_digits
 
 if TYPE_CHECKING:
     import keras

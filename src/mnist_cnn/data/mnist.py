@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.errors import DataError
+from mnist_cnn.core.errors import DataError
 
 BUNDLED_FILE = "mnist.npz"
 # sha256 of each array's C-contiguous bytes (from data/PROVENANCE.md).
@@ -176,7 +176,7 @@ def keras_cache_is_genuine() -> bool:
 
 
 def bundled_path() -> Path:
-    return Path(str(resources.files("mnist_cnn") / "data" / BUNDLED_FILE))
+    return Path(str(resources.files("mnist_cnn.data") / BUNDLED_FILE))
 
 
 def file_sha256(path: Path) -> str:

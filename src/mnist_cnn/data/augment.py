@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_cnn.config import Augmentation
+from mnist_cnn.core.config import Augmentation
 
 SIZE = 28
 CENTRE = (SIZE - 1) / 2

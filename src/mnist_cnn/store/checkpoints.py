@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_cnn.data import ARCHIVE_ERRORS
-from mnist_cnn.errors import CheckpointError
-from mnist_cnn.results import CheckpointState
-from mnist_cnn.runs import ModelFolder, atomic_path, fault_point
+from mnist_cnn.core.errors import CheckpointError
+from mnist_cnn.core.faults import fault_point
+from mnist_cnn.core.files import atomic_path
+from mnist_cnn.core.results import CheckpointState
+from mnist_cnn.data.mnist import ARCHIVE_ERRORS
+from mnist_cnn.store.runs import ModelFolder
 
 if TYPE_CHECKING:
     import keras

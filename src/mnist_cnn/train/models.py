@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mnist_cnn.config import ExperimentConfig, ModelSpec
+from mnist_cnn.core.config import ExperimentConfig, ModelSpec
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10

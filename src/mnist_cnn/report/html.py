@@ -21,13 +21,14 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from mnist_cnn import __version__
-from mnist_cnn.config import ExperimentConfig, ModelSpec
-from mnist_cnn.data import MnistSplits, load_mnist
-from mnist_cnn.errors import UserError
-from mnist_cnn.reporting import COLORS, TABLE_ROWS, comparison_figure, plt
-from mnist_cnn.results import Comparison, HistoryRow, ModelMetrics
-from mnist_cnn.runs import ModelFolder, RunFolder, write_text
+from mnist_cnn.core.config import ExperimentConfig, ModelSpec
+from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.files import write_text
+from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics
+from mnist_cnn.core.version import version_text
+from mnist_cnn.data.mnist import MnistSplits, load_mnist
+from mnist_cnn.report.figures import COLORS, TABLE_ROWS, comparison_figure, plt
+from mnist_cnn.store.runs import ModelFolder, RunFolder
 
 GALLERY_SIZE = 12  # Most confidently wrong test images shown per model.
 SAMPLES_PER_DIGIT = 8
@@ -37,7 +38,7 @@ FIGURE_DPI = 90  # Sharp enough on a phone, small enough to keep a report near 1
 
 def template_environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("mnist_cnn", "templates"),
+        loader=jinja2.PackageLoader("mnist_cnn.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,  # A missing value is a bug to see, not an empty cell.
         trim_blocks=True,
@@ -219,14 +220,14 @@ def architecture(section: ModelSection) -> Any:
     """The model itself, or for a folder without it, the same architecture built from the config."""
     if section.model is not None:
         return section.model
-    from mnist_cnn.models import build_variant
+    from mnist_cnn.train.models import build_variant
 
     return build_variant(section.spec)
 
 
 def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the run template shows, computed from the run folder (plus what is in memory)."""
-    from mnist_cnn.inference import predict_probabilities
+    from mnist_cnn.predict.inference import predict_probabilities
 
     config: ExperimentConfig = run.config()
     record = run.read_record()
@@ -276,7 +277,7 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
         "title": f"mnist-cnn run {run.path.name}",
         "run_path": str(run.path),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-        "version": __version__,
+        "version": version_text(),
         "config": config,
         "status": status,
         "environment": record.get("environment", {}),

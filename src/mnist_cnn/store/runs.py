@@ -1,174 +1,67 @@
-"""The run folder: the one module that knows its layout, and writes every file atomically.
+"""Run folders and model folders: paths, typed records, status, model save/load.
 
-A run folder holds everything needed to reproduce and read a run::
-
-    config.json  status.json  run.lock (while in use)
-    comparison.md  comparison.json  comparison.png  predictions.json  predictions.png  report.html
-    Model_A/  model.keras  history.csv  metrics.json  loss.png  accuracy.png  checkpoint.npz (while training)
-
-``RunFolder`` and ``ModelFolder`` own every one of these names; the rest of the package
-(training, evaluation, reporting, the CLI, the server) asks them for paths and records.
-Every file is written to a temporary name and renamed, so a killed run never leaves half a
-file. This module imports no Keras, JAX or matplotlib at import time: the server loads
-models through it without pulling in the training stack.
+``RunFolder`` and ``ModelFolder`` own every file of a run (names in ``layout``); the rest of
+the package (training, evaluation, reporting, the CLI, the server) asks them for paths and
+records. Every file is written atomically (``core.files``). This module imports no Keras, JAX
+or matplotlib at import time: the server loads models through it without pulling in the
+training stack.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import datetime
-import io
-import json
 import os
-import signal
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from mnist_cnn.config import ExperimentConfig
-from mnist_cnn.errors import RunFolderError, UserError
-from mnist_cnn.results import HISTORY_FIELDS, Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages, history_row
+from mnist_cnn.core.config import ExperimentConfig
+from mnist_cnn.core.errors import RunFolderError, UserError
+from mnist_cnn.core.files import (
+    TEMPORARY_MARK,
+    atomic_path,
+    read_csv,
+    read_json,
+    read_record,
+    write_csv,
+    write_json,
+    write_text,
+)
+from mnist_cnn.core.results import (
+    HISTORY_FIELDS,
+    Comparison,
+    HistoryRow,
+    ModelMetrics,
+    PredictionsOnTestImages,
+    history_row,
+)
+from mnist_cnn.store.layout import (
+    CHECKPOINT_FILE,
+    COMPARISON_FIGURE,
+    COMPARISON_JSON,
+    COMPARISON_MARKDOWN,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FIGURE,
+    PREDICTIONS_JSON,
+    REPORT_FILE,
+    STATUS_FILE,
+    TRIAL_FILE,
+)
+from mnist_cnn.store.lock import RunLock
 
 if TYPE_CHECKING:
     import keras
 
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-LOCK_FILE = "run.lock"
-COMPARISON_JSON = "comparison.json"
-COMPARISON_MARKDOWN = "comparison.md"
-COMPARISON_FIGURE = "comparison.png"
-PREDICTIONS_JSON = "predictions.json"
-PREDICTIONS_FIGURE = "predictions.png"
-REPORT_FILE = "report.html"
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.npz"
-# A run trained as one trial of a sweep: where it ran, and its training log.
-TRIAL_FILE = "trial.json"
-LOG_FILE = "train.log"
-# The root of a `compare --seeds` sweep.
-SWEEP_FILE = "sweep.json"
-STATISTICS_JSON = "statistics.json"
-STATISTICS_MARKDOWN = "statistics.md"
-SWEEP_FIGURES = {
-    "test_accuracy": "seed-accuracy.png",
-    "curves": "mean-curves.png",
-    "epoch_times": "epoch-times.png",
-}
-SEED_FOLDER_PREFIX = "seed-"
-# Names of files being written start with "." and hold this mark; a process killed
-# mid-write leaves one behind, and the next run in the folder removes it.
-TEMPORARY_MARK = ".partial-"
-# Test hook for the kill tests: "kill@POINT" (SIGKILL) or "interrupt@POINT" (SIGINT, as
-# Ctrl-C) makes the process stop itself when it reaches POINT (see ``fault_point``), so
-# every kill test stops the run at an exact, repeatable moment.
-FAULT_ENVIRONMENT = "MNIST_CNN_FAULT"
-
-Record = TypeVar("Record")
 # What keras.saving.load_model raises for a damaged .keras file: ValueError for a file that is
 # not a zip (and JSONDecodeError, a ValueError, for a broken config), KeyError for a zip
 # without config.json, BadZipFile for a corrupted member, TypeError for a config naming a
 # class Keras does not know, OSError and EOFError from the file and h5py.
 MODEL_FILE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
-
-
-def fault_point(point: str) -> None:
-    """Stop this process here if the test hook names ``point`` (no-op otherwise)."""
-    wanted = os.environ.get(FAULT_ENVIRONMENT, "")
-    action, _, where = wanted.partition("@")
-    if where == point:
-        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
-
-    A failing write (a full disk, a read-only folder) removes the temporary file and
-    becomes a RunFolderError naming ``path``.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{path.name}{TEMPORARY_MARK}", suffix=path.suffix or ".tmp", dir=path.parent
-        )
-        os.close(handle)
-    except OSError as error:
-        raise _write_error(path, error) from None
-    temporary_path = Path(temporary)
-    try:
-        yield temporary_path
-        with open(temporary_path, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary_path, path)
-    except OSError as error:
-        temporary_path.unlink(missing_ok=True)
-        raise _write_error(path, error) from None
-    except BaseException:
-        temporary_path.unlink(missing_ok=True)
-        raise
-
-
-def _write_error(path: Path, error: OSError) -> RunFolderError:
-    return RunFolderError(
-        f"cannot write {path}: {error.strerror or error}; free some space or choose a writable folder"
-    )
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
-def write_bytes(path: Path, content: bytes) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(content)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} is missing; is {path.parent} a run folder made by mnist-cnn?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunFolderError(f"{path} is unreadable or corrupt ({error}); the run folder is damaged") from None
-
-
-def read_record(path: Path, parse: Callable[[Any], Record]) -> Record:
-    """Read a JSON file and parse it into a typed record; a malformed one names the file."""
-    try:
-        return parse(read_json(path))
-    except ValueError as error:
-        raise RunFolderError(f"{path} is not a valid mnist-cnn record ({error}); the run folder is damaged") from None
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise RunFolderError(f"{path} is unreadable ({error}); the run folder is damaged") from None
 
 
 # ---------------------------------------------------------------- a model's folder
@@ -427,133 +320,3 @@ class RunFolder:
 
 def task_identity(trial: dict[str, Any]) -> tuple[Any, ...]:
     return trial.get("host"), trial.get("pid"), trial.get("started")
-
-
-class SweepFolder:
-    """``compare --seeds``: a folder of ordinary run folders ``seed-<n>/`` and their statistics::
-
-    sweep.json  statistics.json  statistics.md  seed-accuracy.png  mean-curves.png  epoch-times.png
-    seed-0/  seed-1/  ...   (each a run folder, plus trial.json and train.log)
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    @classmethod
-    def new(cls, root: str | Path = "runs") -> SweepFolder:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / f"compare-{stamp}"
-        candidate, suffix = base, 1
-        while candidate.exists():
-            suffix += 1
-            candidate = base.with_name(f"{base.name}-{suffix}")
-        return cls(candidate)
-
-    @classmethod
-    def existing(cls, path: str | Path) -> SweepFolder:
-        sweep = cls(path)
-        if not sweep.path.is_dir():
-            raise RunFolderError(
-                f"sweep folder {sweep.path} does not exist; pass a folder written by 'mnist-cnn compare'"
-            )
-        if not sweep.settings_path.is_file():
-            raise RunFolderError(
-                f"{sweep.path} is not a sweep folder (no {SWEEP_FILE}); pass a folder written by 'mnist-cnn compare'"
-            )
-        return sweep
-
-    def create(self) -> SweepFolder:
-        RunFolder(self.path).create()
-        return self
-
-    @property
-    def settings_path(self) -> Path:
-        return self.path / SWEEP_FILE
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / REPORT_FILE
-
-    def is_sweep(self) -> bool:
-        return self.settings_path.is_file()
-
-    def holds_other_files(self) -> bool:
-        return any(path.name != LOCK_FILE for path in self.path.iterdir())
-
-    def write_settings(self, settings: dict[str, Any]) -> None:
-        write_json(self.settings_path, settings)
-
-    def read_settings(self) -> dict[str, Any]:
-        settings = read_json(self.settings_path)
-        if not isinstance(settings, dict) or not isinstance(settings.get("experiment"), dict):
-            raise RunFolderError(f"{self.settings_path} is not an mnist-cnn sweep; the sweep folder is damaged")
-        return settings
-
-    def seed_run(self, seed: int) -> RunFolder:
-        return RunFolder(self.path / f"{SEED_FOLDER_PREFIX}{seed}")
-
-    def lock(self) -> RunLock:
-        return RunLock(self.path / LOCK_FILE)
-
-    def figure_path(self, name: str) -> Path:
-        return self.path / SWEEP_FIGURES[name]
-
-    def write_statistics(self, statistics: dict[str, Any], markdown: str) -> None:
-        write_json(self.path / STATISTICS_JSON, statistics)
-        write_text(self.path / STATISTICS_MARKDOWN, markdown)
-
-    def read_statistics(self) -> dict[str, Any]:
-        return read_json(self.path / STATISTICS_JSON)
-
-
-def process_is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # Alive, but someone else's.
-        return True
-    return True
-
-
-class RunLock:
-    """Refuses a second process writing into the same run folder; notices a stale lock.
-
-    The lock file holds the owner's pid. It is created with O_EXCL, so two processes
-    cannot both take it; a lock whose process has died (killed, power cut) is taken over.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> RunLock:
-        for _ in range(2):
-            try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if owner is not None and owner != os.getpid() and process_is_alive(owner):
-                    raise RunFolderError(
-                        f"{self.path.parent} is in use by process {owner}; "
-                        "wait for it to finish or stop it, then resume"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # Stale: its process is gone.
-                continue
-            except OSError as error:
-                raise RunFolderError(
-                    f"cannot lock {self.path.parent}: {error.strerror}; is the folder writable?"
-                ) from None
-            with os.fdopen(handle, "w") as lock:
-                lock.write(str(os.getpid()))
-            return self
-        raise RunFolderError(f"could not lock {self.path.parent}; another process keeps taking it")
-
-    def owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.owner() == os.getpid():
-            self.path.unlink(missing_ok=True)

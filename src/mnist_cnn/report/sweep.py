@@ -12,11 +12,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mnist_cnn import __version__, stats
-from mnist_cnn.report import file_uri, template_environment, write_run_report
-from mnist_cnn.results import HistoryRow, ModelMetrics
-from mnist_cnn.runs import RunFolder, SweepFolder, write_text
-from mnist_cnn.sweep import DETECTABLE_DIFFERENCE, SweepConfig
+from mnist_cnn.core import stats
+from mnist_cnn.core.config import SweepConfig
+from mnist_cnn.core.files import write_text
+from mnist_cnn.core.results import HistoryRow, ModelMetrics
+from mnist_cnn.core.version import version_text
+from mnist_cnn.report.html import file_uri, template_environment, write_run_report
+from mnist_cnn.store.runs import RunFolder
+from mnist_cnn.store.sweeps import SweepFolder
 
 # What is compared per seed: (field of ModelMetrics, label, how it is shown).
 MEASURES = (
@@ -102,8 +105,8 @@ def paired_comparison(results: list[SeedResults], first: str, second: str) -> di
         "second": second,
         "differences": {field: difference.to_json() for field, difference in differences.items()},
         "ratios": {field: ratio.to_json() for field, ratio in ratios.items()},
-        "detectable_difference": DETECTABLE_DIFFERENCE,
-        "seeds_needed_for_detectable_difference": stats.seeds_needed(accuracy.summary.sd, DETECTABLE_DIFFERENCE),
+        "detectable_difference": stats.DETECTABLE_DIFFERENCE,
+        "seeds_needed_for_detectable_difference": stats.seeds_needed(accuracy.summary.sd, stats.DETECTABLE_DIFFERENCE),
         "verdict": stats.accuracy_verdict(first, second, accuracy),
         "time_verdict": stats.time_verdict(first, second, ratios["training_seconds"]),
     }
@@ -136,7 +139,7 @@ def distinct(values: Iterable[str | None]) -> str | None:
 
 def write_sweep_statistics(sweep: SweepFolder, sweep_config: SweepConfig) -> tuple[dict[str, Any], str]:
     """Compute, write and return statistics.json/.md and the figures of a sweep."""
-    from mnist_cnn.reporting import plot_epoch_times, plot_mean_curves, plot_seed_accuracies
+    from mnist_cnn.report.figures import plot_epoch_times, plot_mean_curves, plot_seed_accuracies
 
     results = collect(sweep, sweep_config)
     if not results:
@@ -309,7 +312,7 @@ def write_sweep_report(sweep_dir: str | Path, statistics: dict[str, Any] | None 
         .render(
             title=f"mnist-cnn compare {sweep.path.name}",
             generated=datetime.datetime.now().isoformat(timespec="seconds"),
-            version=__version__,
+            version=version_text(),
             statistics=statistics,
             models=models,
             measures=MEASURES,

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_cnn.errors import ImageInputError
+from mnist_cnn.core.errors import ImageInputError
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 20_000_000

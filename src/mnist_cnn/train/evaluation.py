@@ -7,11 +7,11 @@ import time
 import keras
 import numpy as np
 
-from mnist_cnn.config import EVALUATION_BATCH_SIZE
-from mnist_cnn.data import MnistSplits
-from mnist_cnn.errors import ConfigError
-from mnist_cnn.inference import predict_probabilities
-from mnist_cnn.results import Prediction, PredictionsOnTestImages
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.results import Prediction, PredictionsOnTestImages
+from mnist_cnn.data.mnist import MnistSplits
+from mnist_cnn.predict.inference import predict_probabilities
 
 SINGLE_IMAGE_REPEATS = 30
 

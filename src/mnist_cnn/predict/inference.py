@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_cnn.preprocess import digit_png
-from mnist_cnn.results import Prediction
-from mnist_cnn.runs import write_bytes
+from mnist_cnn.core.files import write_bytes
+from mnist_cnn.core.results import Prediction
+from mnist_cnn.predict.preprocess import digit_png
 
 if TYPE_CHECKING:
     import keras

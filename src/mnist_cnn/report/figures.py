@@ -10,8 +10,9 @@ matplotlib.use("Agg")  # Files only: runs happen on machines with no screen.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mnist_cnn.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
-from mnist_cnn.runs import ModelFolder, RunFolder, atomic_path  # noqa: E402
+from mnist_cnn.core.files import atomic_path  # noqa: E402
+from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
+from mnist_cnn.store.runs import ModelFolder, RunFolder  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
@@ -140,7 +141,7 @@ def mean_and_sd(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
 def plot_seed_accuracies(accuracies: dict[str, list[float]], seeds: list[int], path: Path) -> None:
     """Each seed's test accuracy per model as dots, the mean with its 95 % CI beside them,
     and (for two models) each seed's paired difference."""
-    from mnist_cnn.stats import summarize
+    from mnist_cnn.core.stats import summarize
 
     names = list(accuracies)
     paired = len(names) == 2 and len(seeds) > 1

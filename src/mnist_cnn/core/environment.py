@@ -10,8 +10,8 @@ import tempfile
 from importlib import metadata
 from typing import Any
 
-from mnist_cnn.config import BACKENDS, DEFAULT_BACKEND
-from mnist_cnn.errors import ConfigError
+from mnist_cnn.core.config import BACKENDS, DEFAULT_BACKEND
+from mnist_cnn.core.errors import ConfigError
 
 # What TensorFlow writes straight to the stderr file descriptor when it loads, whatever
 # TF_CPP_MIN_LOG_LEVEL says: absl's "All log messages before absl::InitializeLog()" banner and

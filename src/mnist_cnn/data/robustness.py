@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from mnist_cnn.data import load_raw
-from mnist_cnn.inference import keras_forward
-from mnist_cnn.preprocess import prepare_digit
+from mnist_cnn.data.mnist import load_raw
+from mnist_cnn.predict.inference import keras_forward
+from mnist_cnn.predict.preprocess import prepare_digit
 
 UPSCALED = 112
 FONT_FILES = (

@@ -26,11 +26,11 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
-from mnist_cnn.batching import InferenceWorker, Overloaded
-from mnist_cnn.config import BatchingSettings
-from mnist_cnn.errors import ImageInputError
-from mnist_cnn.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
-from mnist_cnn.runs import RunFolder
+from mnist_cnn.core.config import BatchingSettings
+from mnist_cnn.core.errors import ImageInputError
+from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
+from mnist_cnn.serve.batching import InferenceWorker, Overloaded
+from mnist_cnn.store.runs import RunFolder
 
 IMAGE_TYPES = "PNG, JPEG, BMP, GIF or WebP"
 IMAGE_BODY = {
@@ -81,7 +81,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return (resources.files("mnist_cnn") / "web" / "index.html").read_text(encoding="utf-8")
+        return (resources.files("mnist_cnn.serve") / "web" / "index.html").read_text(encoding="utf-8")
 
     @app.get("/healthz", summary="Liveness: the server answers")
     def healthz() -> dict[str, str]:
@@ -219,5 +219,10 @@ def serve(
     settings = settings or BatchingSettings()
     os.environ[SERVE_ENVIRONMENT] = json.dumps({"run_dir": str(run_dir), **dataclasses.asdict(settings)})
     uvicorn.run(
-        "mnist_cnn.serve:app_from_environment", factory=True, workers=workers, host=host, port=port, log_level="warning"
+        "mnist_cnn.serve.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
     )

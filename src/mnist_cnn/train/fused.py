@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.augment import augment_epoch
-from mnist_cnn.config import EVALUATION_BATCH_SIZE, ExperimentConfig
-from mnist_cnn.data import MnistSplits, epoch_order
-from mnist_cnn.errors import ConfigError
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.data.augment import augment_epoch
+from mnist_cnn.data.mnist import MnistSplits, epoch_order
 
 POOLED = 13  # (28 - 3 + 1) / 2
 
