@@ -13,11 +13,12 @@ from typing import Any, TextIO
 
 import keras
 
-from mnist_cnn.core.config import ExperimentConfig
+from mnist_cnn.core.config import PREDICTION_INDICES, ExperimentConfig
 from mnist_cnn.core.environment import describe_environment
 from mnist_cnn.core.errors import ConfigError, RunFolderError
 from mnist_cnn.core.faults import fault_point
 from mnist_cnn.core.results import CheckpointState, HistoryRow, ModelMetrics, PredictionsOnTestImages
+from mnist_cnn.core.text import say
 from mnist_cnn.core.version import git_commit, package_version
 from mnist_cnn.data.mnist import MnistSplits, load_mnist
 from mnist_cnn.report.figures import plot_comparison, plot_learning_curves, plot_predictions, write_comparison
@@ -27,8 +28,6 @@ from mnist_cnn.store.runs import ModelFolder, RunFolder
 from mnist_cnn.train.evaluation import evaluate_model, predict_test_images, time_inference
 from mnist_cnn.train.loop import ExperimentProgress, ResumePoint, TrainingResult, train_model
 from mnist_cnn.train.models import seeded_model
-
-PREDICTION_INDICES = (0, 1, 2)
 
 
 def run_experiment(
@@ -129,10 +128,6 @@ def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[
     report = write_run_report(run.path, splits, models)
     say(stream, summary_text(table, predictions, run.path, report))
     return metrics
-
-
-def say(stream: TextIO, text: str) -> None:
-    print(text, file=stream, flush=True)
 
 
 def train_with_checkpoints(

@@ -22,6 +22,8 @@ TRAINERS = ("auto", "fused", "keras")
 # Evaluation and inference are forward passes only: big batches make them cheap without
 # changing their results. One constant for validation, test evaluation and timing.
 EVALUATION_BATCH_SIZE = 1000
+# The specification's last step: every model's prediction for X_test[0], X_test[1], X_test[2].
+PREDICTION_INDICES = (0, 1, 2)
 # compare --seeds: CPUs each trial reserves. Measured on the reference machine (2 cores,
 # README "Is Model_B better than Model_A?"): two 1-thread trials side by side finish more
 # seeds per hour than one 2-thread trial.

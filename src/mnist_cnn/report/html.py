@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from mnist_cnn.core.config import ExperimentConfig, ModelSpec
+from mnist_cnn.core.config import PREDICTION_INDICES, ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import UserError
 from mnist_cnn.core.files import write_text
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics
@@ -32,7 +32,6 @@ from mnist_cnn.store.runs import ModelFolder, RunFolder
 
 GALLERY_SIZE = 12  # Most confidently wrong test images shown per model.
 SAMPLES_PER_DIGIT = 8
-PREDICTION_INDICES = (0, 1, 2)
 FIGURE_DPI = 90  # Sharp enough on a phone, small enough to keep a report near 1 MB.
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mnist_cnn.core.config import SweepConfig
+from mnist_cnn.core.text import say
 from mnist_cnn.report.html import write_run_report
 from mnist_cnn.report.sweep import write_sweep_report, write_sweep_statistics
 from mnist_cnn.store.sweeps import SweepFolder
-from mnist_cnn.sweep.trials import say, train_seeds
+from mnist_cnn.sweep.trials import train_seeds
 
 
 def run_sweep(

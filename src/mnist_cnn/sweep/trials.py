@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from mnist_cnn.core.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig, SweepConfig
 from mnist_cnn.core.errors import ConfigError, RunFolderError, UserError
+from mnist_cnn.core.text import format_duration, say
 from mnist_cnn.store.checkpoints import epochs_done
 from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
@@ -140,10 +141,6 @@ def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
             f"{sweep.path} holds a sweep with other settings; continue it with "
             f"'mnist-cnn compare --resume {sweep.path}' or choose another --out"
         )
-
-
-def say(stream: TextIO, text: str) -> None:
-    print(text, file=stream, flush=True)
 
 
 def start_ray(address: str | None) -> Any:
@@ -377,10 +374,3 @@ def report_trial(
     eta = progress.eta_seconds(epochs_left)
     left = f", ETA {format_duration(eta)}" if progress.done < progress.total and math.isfinite(eta) else ""
     say(stream, f"sweep: {progress.done}/{progress.total} trials done{left}")
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"

@@ -19,6 +19,7 @@ import keras
 
 from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig
 from mnist_cnn.core.results import HISTORY_FIELDS, HistoryRow
+from mnist_cnn.core.text import format_duration
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
 
 EpochLogs = dict[str, float]
@@ -71,15 +72,6 @@ class ExperimentProgress:
             file=self.stream,
             flush=True,
         )
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 @dataclasses.dataclass
