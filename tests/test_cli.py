@@ -125,8 +125,11 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (damaged_metrics / "Model_A" / name).write_bytes((smoke_run / "Model_A" / name).read_bytes())
     (damaged_metrics / "Model_A" / "metrics.json").write_text('{"model": "Model_A"}')
     return [
-        (["experiment", "--epochs", "0"], "must be at least 1"),
-        (["experiment", "--batch-size", "-4"], "must be at least 1"),
+        (["experiment", "--epochs", "0"], "epochs must be a whole number of at least 1, got 0"),
+        (["experiment", "--batch-size", "-4"], "batch size must be a whole number of at least 1"),
+        (["experiment", "--epochs", "2.5"], "invalid int value"),
+        (["experiment", "--models", "A,,B"], "unknown model ''"),
+        (["experiment", "--learning-rate", "-1"], "learning rate must be positive"),
         (["experiment", "--models", "A,C"], "choose from A, B"),
         (["experiment", "--colour", "red"], "unrecognized arguments"),
         (["experiment", "--limit", "50", "--batch-size", "64", "--out", tmp_path / "small"], "larger than the 50"),
@@ -141,8 +144,11 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (["predict", smoke_run, "--index", "99999"], "out of range"),
         (["predict", smoke_run, "seven.png", "--show-input", smoke_run / "config.json"], "cannot write"),
         (["serve", tmp_path / "missing-run"], "does not exist"),
-        (["serve", smoke_run, "--max-batch", "0"], "must be at least 1"),
-        (["serve", smoke_run, "--batch-window-ms", "-1"], "must be 0 or more"),
+        (["serve", smoke_run, "--max-batch", "0"], "max batch must be a whole number of at least 1"),
+        (["serve", smoke_run, "--port", "70000"], "port must be a whole number from 1 to 65535"),
+        (["serve", smoke_run, "--workers", "0"], "workers must be a whole number of at least 1"),
+        (["serve", smoke_run, "--batch-window-ms", "-1"], "batch window must be 0 ms or more"),
+        (["predict", smoke_run, "--index", "-1"], "test index -1 is out of range"),
     ]
 
 
@@ -172,7 +178,8 @@ def test_a_bad_input_in_a_real_process_prints_only_its_one_line(backend: str, tm
         result = run_cli("experiment", "--backend", backend, "--trainer", "fused", env=quiet)
         assert result.returncode == 2
         assert result.stderr.splitlines() == [
-            "mnist-cnn: error: the fused trainer needs the JAX backend: use --backend jax or --trainer keras"
+            "mnist-cnn: error: Model_A: the fused trainer needs the JAX backend, not tensorflow; "
+            "use --trainer keras or --trainer auto"
         ]
 
 

@@ -27,6 +27,8 @@ from mnist_cnn.core.config import (
     Augmentation,
     BatchingSettings,
     ExperimentConfig,
+    ServerSettings,
+    parse_seeds,
 )
 from mnist_cnn.core.errors import UserError
 from mnist_cnn.core.version import version_text
@@ -43,65 +45,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def whole_number(minimum: int) -> Any:
-    """An argparse type: a whole number of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"{text} must be at least {minimum}" if minimum else f"{text} must be 0 or more"
-            )
-        return value
-
-    return parse
+# argparse only converts text to types; every rule on a value is checked once, by the config
+# dataclass that holds it (core.config), whose ConfigError main() prints as one line.
 
 
-positive_int = whole_number(1)
-non_negative_int = whole_number(0)
+def model_keys(text: str) -> tuple[str, ...]:
+    """``A,b`` -> ("A", "B"): the keys as written (the config says which exist)."""
+    return tuple(part.strip().upper() for part in text.split(","))
 
 
-def real_number(zero_allowed: bool) -> Any:
-    """An argparse type: a number above 0 (or, with ``zero_allowed``, 0 or more)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value >= 0 if zero_allowed else value > 0):
-            raise argparse.ArgumentTypeError(
-                f"{text} must be 0 or more" if zero_allowed else f"{text} must be positive"
-            )
-        return value
-
-    return parse
-
-
-positive_float = real_number(zero_allowed=False)
-non_negative_float = real_number(zero_allowed=True)
-
-
-def model_list(text: str) -> tuple[str, ...]:
-    keys = tuple(part.strip().upper() for part in text.split(",") if part.strip())
-    unknown = [key for key in keys if key not in MODEL_VARIANTS]
-    if not keys or unknown:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: choose from {', '.join(MODEL_VARIANTS)}, comma-separated (e.g. A,B)"
-        )
-    return keys
+def add_models_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        type=model_keys,
+        default=ExperimentConfig().models,
+        help=f"models to train, comma-separated, from {', '.join(MODEL_VARIANTS)} (default: A,B)",
+    )
 
 
 def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     defaults = ExperimentConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per model (default: %(default)s)")
     parser.add_argument(
-        "--epochs", type=positive_int, default=defaults.epochs, help="epochs per model (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)"
+        "--batch-size", type=int, default=defaults.batch_size, help="mini-batch size (default: %(default)s)"
     )
     if sweep:
         parser.add_argument(
@@ -110,7 +76,7 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
     else:
         parser.add_argument(
             "--seed",
-            type=non_negative_int,
+            type=int,
             default=defaults.seed,
             help="random seed for weights and shuffling (default: %(default)s)",
         )
@@ -123,7 +89,7 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
     )
     parser.add_argument(
         "--limit",
-        type=positive_int,
+        type=int,
         default=None,
         help="train on only the first N images, for a quick smoke run (default: all)",
     )
@@ -132,13 +98,13 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
     )
     parser.add_argument(
         "--learning-rate",
-        type=positive_float,
+        type=float,
         default=defaults.learning_rate,
         help="learning rate (default: %(default)s)",
     )
     parser.add_argument(
         "--steps-per-execution",
-        type=positive_int,
+        type=int,
         default=defaults.steps_per_execution,
         help="model.fit steps per compiled call; same results, less overhead (default: %(default)s)",
     )
@@ -176,9 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser(
         "experiment", help="the whole specification: train, compare and predict with Model_A and Model_B"
     )
-    experiment.add_argument(
-        "--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)"
-    )
+    add_models_flag(experiment)
     experiment.add_argument(
         "--resume",
         type=Path,
@@ -189,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(experiment)
 
     train = commands.add_parser("train", help="train one model into a run folder (experiment --models X)")
-    train.add_argument("--model", dest="models", type=model_list, required=True, help="A or B")
+    train.add_argument(
+        "--model", dest="models", type=model_keys, required=True, help=f"one of {', '.join(MODEL_VARIANTS)}"
+    )
     train.set_defaults(resume=None)
     add_training_flags(train)
 
@@ -218,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--index",
-        type=non_negative_int,
+        type=int,
         nargs="+",
         default=[0, 1, 2],
         help="test-set indices, when no image is given (default: 0 1 2)",
@@ -237,29 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the draw-a-digit web page and JSON API for a run's models")
     serve.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     batching = BatchingSettings()
     serve.add_argument(
         "--max-batch",
-        type=positive_int,
+        type=int,
         default=batching.max_batch,
         help="most requests answered in one forward pass; 1 turns batching off (default: %(default)s)",
     )
     serve.add_argument(
         "--batch-window-ms",
-        type=non_negative_float,
+        type=float,
         default=batching.window_ms,
         help="how long a request waits for others to join its batch, in ms (default: %(default)s)",
     )
     serve.add_argument(
         "--workers",
-        type=positive_int,
+        type=int,
         default=1,
         help="server processes on the one port, each with its own copy of the models (default: %(default)s)",
     )
     serve.add_argument(
         "--queue-size",
-        type=positive_int,
+        type=int,
         default=batching.queue_size,
         help="requests that may wait; more get 503 with Retry-After (default: %(default)s)",
     )
@@ -268,8 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    from mnist_cnn.core.config import parse_seeds
-
     try:
         return parse_seeds(text)
     except ValueError as error:
@@ -287,9 +251,7 @@ def add_compare_parser(commands: Any) -> None:
         default=tuple(range(5)),
         help="number of seeds (N means seeds 0..N-1) or a comma-separated list such as 3,7,11 (default: 5)",
     )
-    compare.add_argument(
-        "--models", type=model_list, default=("A", "B"), help="models to train, comma-separated (default: A,B)"
-    )
+    add_models_flag(compare)
     compare.add_argument(
         "--resume",
         type=Path,
@@ -304,13 +266,13 @@ def add_compare_parser(commands: Any) -> None:
     )
     compare.add_argument(
         "--workers",
-        type=positive_int,
+        type=int,
         default=None,
         help="at most this many trials at once (default: as many as the cluster's CPUs allow)",
     )
     compare.add_argument(
         "--cpus-per-trial",
-        type=positive_int,
+        type=int,
         default=None,
         help=f"CPUs each trial reserves and uses; 1 runs single-threaded (default: auto, {DEFAULT_CPUS_PER_TRIAL} "
         "each while trials outnumber CPUs, measured fastest on a 2-core machine; idle CPUs go to the last trials)",
@@ -393,38 +355,26 @@ def command_report(args: argparse.Namespace, backend: str) -> int:
 
 
 def command_evaluate(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.data.mnist import load_mnist
-    from mnist_cnn.store.runs import RunFolder
-    from mnist_cnn.train.evaluation import evaluate_model
+    from mnist_cnn.experiment import evaluate_run
 
-    run = RunFolder.existing(args.run_dir)
-    config = run.config()
-    models = run.load_models()
-    splits = load_mnist(args.data or config.data, config.validation_size, config.limit)  # The run's own test set.
-    results = {name: evaluate_model(model, splits.X_test, splits.y_test) for name, model in models.items()}
+    evaluation = evaluate_run(args.run_dir, args.data)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(evaluation.results, indent=2))
         return 0
-    for name, values in results.items():
+    for name, values in evaluation.results.items():
         print(
             f"{name}: test accuracy {values['test_accuracy']:.4f}, test loss {values['test_loss']:.4f} "
-            f"({len(splits.X_test)} images)"
+            f"({evaluation.test_images} images)"
         )
     return 0
 
 
 def command_predict(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.data.mnist import load_mnist
-    from mnist_cnn.store.runs import RunFolder
-    from mnist_cnn.train.evaluation import predict_test_images
-
-    run = RunFolder.existing(args.run_dir)
-    config = run.config()
-    models = run.load_models()
     if args.images:
-        return predict_image_files(models, args)
-    splits = load_mnist(args.data or config.data, config.validation_size)  # Any test image, whatever the run's --limit.
-    result = predict_test_images(models, splits, args.index)
+        return predict_image_files(args)
+    from mnist_cnn.experiment import predict_run_test_images
+
+    result = predict_run_test_images(args.run_dir, args.index, args.data)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
@@ -435,42 +385,24 @@ def command_predict(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
-def predict_image_files(models: dict[str, Any], args: argparse.Namespace) -> int:
-    """Predict each image file; a bad file gets its own error line and the others go on."""
-    from mnist_cnn.core.errors import ImageInputError
-    from mnist_cnn.predict.inference import predict_digit, save_model_input
-    from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes, read_image_file
+def predict_image_files(args: argparse.Namespace) -> int:
+    """Each file's answers; a bad file gets its own error line, the others are still printed."""
+    from mnist_cnn.predict.files import predict_files
+    from mnist_cnn.store.runs import RunFolder
 
-    results, failures = [], 0
-    for source in args.images:
-        try:
-            if source == "-":
-                image = read_image_bytes(sys.stdin.buffer.read(), "standard input")
-            else:
-                image = read_image_file(Path(source))
-            digit = prepare_digit(image, source)
-        except ImageInputError as error:
-            print(f"mnist-cnn: error: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        answers = predict_digit(models, digit)
-        entry: dict[str, Any] = {
-            "image": source,
-            "predictions": {
-                name: {key: value for key, value in answer.to_json().items() if key != "probabilities"}
-                for name, answer in answers.items()
-            },
-        }
-        if args.show_input is not None:
-            entry["model_input"] = str(save_model_input(digit, source, args.show_input))
-        results.append(entry)
-        if not args.json:
-            print(source)
-            for name, answer in answers.items():
-                print(f"  {name}: {answer.describe()}")
+    models = RunFolder.existing(args.run_dir).load_models()
+    results = predict_files(models, args.images, sys.stdin.buffer.read, args.show_input)
+    for failed in (result for result in results if result.error is not None):
+        print(f"mnist-cnn: error: {failed.error}", file=sys.stderr)
+    answered = [result for result in results if result.predictions is not None]
     if args.json:
-        print(json.dumps(results, indent=2))
-    return EXIT_USER_ERROR if failures else 0
+        print(json.dumps([result.to_json() for result in answered], indent=2))
+    else:
+        for result in answered:
+            print(result.source)
+            for name, answer in result.predictions.items():
+                print(f"  {name}: {answer.describe()}")
+    return EXIT_USER_ERROR if len(answered) < len(results) else 0
 
 
 def resumed_backend(args: argparse.Namespace) -> str | None:
@@ -493,8 +425,9 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def command_serve(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.serve.app import serve
 
+    server = ServerSettings(host=args.host, port=args.port, workers=args.workers)
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
-    serve(args.run_dir, host=args.host, port=args.port, settings=settings, workers=args.workers)
+    serve(args.run_dir, server, settings)
     return 0
 
 

@@ -30,15 +30,48 @@ PREDICTION_INDICES = (0, 1, 2)
 DEFAULT_CPUS_PER_TRIAL = 1
 
 
+# MNIST images: 28x28 pixels, one channel; ten digits.
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A named variant of the CNN: everything `models.build_cnn` needs besides defaults."""
+    """A named variant of the CNN, and the only statement of its architecture.
+
+    Conv2D(filters, kernel_size x kernel_size, stride 1, 'valid', ReLU) -> MaxPooling 2x2 ->
+    Flatten -> Dense(units, ReLU) for each of ``dense_units`` -> Dense(10, softmax). The Keras
+    builder (train.models) and the fused trainer (train.fused) both read it; the fused trainer
+    says which specs it computes exactly (train.trainers.fused_refusal).
+    """
 
     key: str
     name: str
     filters: int
     kernel_size: int = 3
     dense_units: tuple[int, ...] = (200, 100)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dense_units", tuple(self.dense_units))
+        if not _is_whole(self.filters) or self.filters < 1:
+            raise ConfigError(f"{self.name}: filters must be a whole number of at least 1, got {self.filters!r}")
+        largest_kernel = INPUT_SHAPE[0] - 1  # The 2x2 pooling needs a convolution output of at least 2x2.
+        if not _is_whole(self.kernel_size) or not 1 <= self.kernel_size <= largest_kernel:
+            raise ConfigError(
+                f"{self.name}: kernel_size must be a whole number from 1 to {largest_kernel} on 28x28 images, "
+                f"got {self.kernel_size!r}"
+            )
+        if any(not _is_whole(units) or units < 1 for units in self.dense_units):
+            raise ConfigError(f"{self.name}: dense_units must be whole numbers of at least 1, got {self.dense_units}")
+
+    @property
+    def pooled_size(self) -> int:
+        """Side of the feature map after the convolution and the 2x2 pooling (13 for a 3x3 kernel)."""
+        return (INPUT_SHAPE[0] - self.kernel_size + 1) // 2
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 MODEL_VARIANTS: dict[str, ModelSpec] = {
@@ -136,7 +169,8 @@ class ExperimentConfig:
         return dataclasses.replace(self, backend=backend)
 
     def resolved_trainer(self) -> str:
-        """The training path this config really uses (``auto`` picks by backend)."""
+        """The trainer asked for, ``auto`` read by backend alone (for the records of runs before
+        per-model trainers; ``train.trainers.plan_trainers`` decides per model now)."""
         if self.trainer == "auto":
             return "fused" if (self.backend or DEFAULT_BACKEND) == "jax" else "keras"
         return self.trainer
@@ -169,8 +203,6 @@ def validate_config(config: ExperimentConfig) -> None:
         raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
     if config.trainer not in TRAINERS:
         raise ConfigError(f"unknown trainer {config.trainer!r}: choose from {', '.join(TRAINERS)}")
-    if config.trainer == "fused" and config.backend not in (None, "jax"):
-        raise ConfigError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
     if config.backend is not None and config.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {config.backend!r}: choose from {', '.join(BACKENDS)}")
 
@@ -192,11 +224,14 @@ class SweepConfig:
         # at 0 and two sweeps with the same settings compare equal.
         object.__setattr__(self, "experiment", dataclasses.replace(self.experiment, seed=0))
         if not self.seeds:
-            raise ConfigError("no seeds: use --seeds N (seeds 0 to N-1) or a list such as --seeds 3,7,11")
+            raise ConfigError(
+                "no seeds: at least 1 seed is needed (2 or more to compare models); use --seeds N (seeds 0 to N-1) "
+                "or a list such as --seeds 3,7,11"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"a seed is named twice in --seeds {','.join(map(str, self.seeds))}")
         if min(self.seeds) < 0:
-            raise ConfigError("seeds must be 0 or more")
+            raise ConfigError(f"seeds must be 0 or more, got {min(self.seeds)}")
         if len(self.experiment.models) > 1 and len(self.seeds) < 2:
             raise ConfigError(
                 "comparing models needs at least 2 seeds to measure seed-to-seed noise; use --seeds 2 or more "
@@ -222,18 +257,15 @@ class SweepConfig:
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``5`` means seeds 0-4; ``3,7,11`` means those seeds. ValueError with a usable message."""
+    """``5`` means seeds 0-4; ``3,7,11`` means those seeds. Only the conversion: a text that is not
+    numbers is a ValueError; which seeds are allowed is SweepConfig's rule."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     try:
         numbers = [int(part) for part in parts]
     except ValueError:
         raise ValueError(f"{text!r} is not a number of seeds or a comma-separated list of seeds") from None
     if len(numbers) == 1 and "," not in text:
-        if numbers[0] < 1:
-            raise ValueError(f"--seeds {text}: at least 1 seed is needed (2 or more to compare models)")
-        return tuple(range(numbers[0]))
-    if not numbers or min(numbers) < 0:
-        raise ValueError(f"{text!r}: seeds must be 0 or more")
+        return tuple(range(numbers[0]))  # A count below 1 gives no seeds: SweepConfig says so.
     return tuple(numbers)
 
 
@@ -250,8 +282,12 @@ class BatchingSettings:
     timeout_s: float = 10.0  # A request not answered by then gets a 504.
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.queue_size < 1 or self.window_ms < 0 or self.timeout_s <= 0:
-            raise ConfigError(f"invalid batching settings: {self}")
+        _require_positive("max batch", self.max_batch)
+        _require_positive("queue size", self.queue_size)
+        if not self.window_ms >= 0:
+            raise ConfigError(f"batch window must be 0 ms or more, got {self.window_ms}")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"request timeout must be positive, got {self.timeout_s}")
 
     def batch_sizes(self) -> tuple[int, ...]:
         """The padded batch shapes: 1, 4, 16, 64, ... up to max_batch (each compiled once)."""
@@ -260,3 +296,17 @@ class BatchingSettings:
             sizes.append(size)
             size *= 4
         return (*sizes, self.max_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Where ``serve`` listens and how many processes answer there."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1  # Server processes on the one port, each with its own copy of the models.
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be a whole number from 1 to 65535, got {self.port}")
+        _require_positive("workers", self.workers)

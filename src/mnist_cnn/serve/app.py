@@ -26,7 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 
-from mnist_cnn.core.config import BatchingSettings
+from mnist_cnn.core.config import BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ImageInputError
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
@@ -201,15 +201,12 @@ def app_from_environment() -> FastAPI:
     return create_app(Path(settings.pop("run_dir")), BatchingSettings(**settings))
 
 
-def serve(
-    run_dir: Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    settings: BatchingSettings | None = None,
-    workers: int = 1,
-) -> None:
-    """Serve the page and the API; ``workers`` > 1 runs that many processes on one port."""
+def serve(run_dir: Path, server: ServerSettings | None = None, settings: BatchingSettings | None = None) -> None:
+    """Serve the page and the API; ``server.workers`` > 1 runs that many processes on one port."""
     import uvicorn
+
+    server = server or ServerSettings()
+    host, port, workers = server.host, server.port, server.workers
 
     RunFolder.existing(run_dir).trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
     print(f"mnist-cnn: serving {run_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", flush=True)

@@ -207,6 +207,8 @@ class CpuPlan:
     def of(cls, workers: int | None, cpus_per_trial: int | None) -> CpuPlan:
         if cpus_per_trial is not None and cpus_per_trial < 1:
             raise ConfigError(f"CPUs per trial must be at least 1, got {cpus_per_trial}")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
         return cls(fixed=cpus_per_trial, workers=workers)
 
     def for_cluster(self, total: int, largest_node: int) -> CpuPlan:

@@ -7,15 +7,18 @@ runs well, trains it with the Keras optimizer's own stateless update, and writes
 weights back into the Keras model, so everything after training (evaluation, the saved
 ``.keras`` file, serving) is plain Keras.
 
-The formulation: a 3x3 'valid' convolution followed by 2x2 max-pooling reads, for each
-pooled pixel, one 4x4 window of the input (stride 2). So the four convolution outputs
-under one pooling window are one matrix product ``patches16 @ kernel16`` with
-``patches16`` (N*169, 16) and ``kernel16`` (16, 4*filters) (the 3x3 kernel placed at the
-four offsets of the 4x4 window), and pooling is a max over the four column groups.
-ReLU and the bias commute with that max (both are monotone, the bias is per channel),
-so they are applied after it, on a quarter of the values. Only the four-way max and its
-gradient are written by hand (``pool_max4``): XLA's generic max-pool gradient is the
-slowest op of the whole step.
+The formulation, for a k x k 'valid' convolution followed by 2x2 max-pooling (the spec's
+``kernel_size`` k; 3 for Model_A and Model_B): each pooled pixel reads one (k+1) x (k+1)
+window of the input (stride 2). So the four convolution outputs under one pooling window are
+one matrix product ``patches @ placed_kernel`` with ``patches`` (N*P*P, (k+1)^2) (P the pooled
+side, 13 for k = 3) and ``placed_kernel`` ((k+1)^2, 4*filters) (the k x k kernel placed at the
+four offsets of the window), and pooling is a max over the four column groups. ReLU and the
+bias commute with that max (both are monotone, the bias is per channel), so they are applied
+after it, on a quarter of the values. Only the four-way max and its gradient are written by
+hand (``pool_max4``): XLA's generic max-pool gradient is the slowest op of the whole step.
+
+What it computes is stated once, in ``train.trainers.fused_refusal``; ``check_model`` checks
+that the Keras model built from the spec is that network, layer by layer, before training.
 """
 
 from __future__ import annotations
@@ -29,43 +32,65 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.data.augment import augment_epoch
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
+from mnist_cnn.train.trainers import fused_refusal
 
-POOLED = 13  # (28 - 3 + 1) / 2
 
+def check_model(model: keras.Model, spec: ModelSpec) -> None:
+    """Refuse to train ``model`` unless it is exactly the network this module computes for ``spec``.
 
-def require_fusable(model: keras.Model) -> None:
-    """The fused path knows one architecture: conv 3x3 valid -> pool 2x2 -> flatten -> dense*."""
-    if keras.backend.backend() != "jax":
-        raise ConfigError("the fused trainer needs the JAX backend: use --backend jax or --trainer keras")
-    conv = model.get_layer("conv")
-    if (
-        conv.kernel_size != (3, 3)
-        or conv.strides != (1, 1)
-        or conv.padding != "valid"
-        or model.input_shape[1:] != (28, 28, 1)
-    ):
+    The guard against a silent difference: a layer added to the builder, or a spec field the
+    fused trainer does not read, stops training here instead of training another network.
+    """
+    refusal = fused_refusal(spec, keras.backend.backend())
+    if refusal is not None:
+        raise ConfigError(f"{spec.name}: {refusal}; use --trainer keras")
+    expected = [
+        ("Conv2D", {"filters": spec.filters, "kernel_size": (spec.kernel_size,) * 2, "strides": (1, 1),
+                    "padding": "valid", "activation": "relu"}),
+        ("MaxPooling2D", {"pool_size": (2, 2), "strides": (2, 2), "padding": "valid"}),
+        ("Flatten", {}),
+        *[("Dense", {"units": units, "activation": "relu"}) for units in spec.dense_units],
+        ("Dense", {"units": NUM_CLASSES, "activation": "softmax"}),
+    ]  # fmt: skip
+    actual = [(layer.__class__.__name__, layer.get_config()) for layer in model.layers]
+    matches = len(actual) == len(expected) and all(
+        kind == expected_kind and all(_same(config.get(key), value) for key, value in settings.items())
+        for (kind, config), (expected_kind, settings) in zip(actual, expected, strict=False)
+    )
+    if not matches or model.input_shape[1:] != INPUT_SHAPE:
         raise ConfigError(
-            "the fused trainer supports only 3x3 stride-1 'valid' convolutions on 28x28x1 images: use --trainer keras"
+            f"{spec.name}: the model's layers ({', '.join(kind for kind, _ in actual)}) are not the network the "
+            "fused trainer computes for its spec; use --trainer keras"
         )
 
 
-def patches16(images: jax.Array) -> jax.Array:
-    """(N, 28, 28, 1) -> (N*169, 16): the 4x4 stride-2 input window under each pooled pixel."""
+def _same(found: object, wanted: object) -> bool:
+    return tuple(found) == wanted if isinstance(wanted, tuple) and found is not None else found == wanted
+
+
+def window_patches(images: jax.Array, kernel_size: int) -> jax.Array:
+    """(N, 28, 28, 1) -> (N*P*P, (k+1)^2): the (k+1) x (k+1) stride-2 input window under each pooled pixel."""
     pixels = images[..., 0]
     count = pixels.shape[0]
-    windows = [pixels[:, row : row + 25 : 2, column : column + 25 : 2] for row in range(4) for column in range(4)]
-    return jnp.stack(windows, axis=-1).reshape(count * POOLED * POOLED, 16)
+    pooled = (pixels.shape[1] - kernel_size + 1) // 2
+    window = kernel_size + 1
+    span = 2 * pooled - 1
+    windows = [
+        pixels[:, row : row + span : 2, column : column + span : 2] for row in range(window) for column in range(window)
+    ]
+    return jnp.stack(windows, axis=-1).reshape(count * pooled * pooled, window * window)
 
 
-def kernel16(kernel: jax.Array) -> jax.Array:
-    """(3, 3, 1, F) -> (16, 4F): the kernel at the 4 offsets of a 4x4 window, offset-major columns."""
+def placed_kernel(kernel: jax.Array) -> jax.Array:
+    """(k, k, 1, F) -> ((k+1)^2, 4F): the kernel at the 4 offsets of a (k+1) x (k+1) window, offset-major."""
     taps = kernel[:, :, 0, :]
+    size = taps.shape[0] + 1
     placed = [
-        jnp.pad(taps, ((row, 1 - row), (column, 1 - column), (0, 0))).reshape(16, -1)
+        jnp.pad(taps, ((row, 1 - row), (column, 1 - column), (0, 0))).reshape(size * size, -1)
         for row in (0, 1)
         for column in (0, 1)
     ]
@@ -99,7 +124,8 @@ def forward_logits(params: list[jax.Array], images: jax.Array) -> jax.Array:
     """Pre-softmax outputs of the CNN for ``params`` in ``model.trainable_variables`` order."""
     conv_kernel, conv_bias, *dense = params
     count = images.shape[0]
-    pooled = pool_max4(patches16(images) @ kernel16(conv_kernel))
+    # The kernel size comes from the spec through the conv kernel's shape (check_model).
+    pooled = pool_max4(window_patches(images, conv_kernel.shape[0]) @ placed_kernel(conv_kernel))
     hidden = jax.nn.relu(pooled + conv_bias).reshape(count, -1)  # NHWC flatten order, as keras Flatten.
     for index in range(0, len(dense) - 2, 2):
         hidden = jax.nn.relu(hidden @ dense[index] + dense[index + 1])
@@ -188,14 +214,14 @@ def run_epoch(
 
 
 def train_epochs(
-    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+    model: keras.Model, spec: ModelSpec, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
 ) -> Iterator[tuple[int, dict[str, float]]]:
     """Train ``model`` from epoch ``first_epoch`` (0-based) to ``config.epochs``.
 
     After each epoch the Keras model holds the new weights and optimizer state, and the
     generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
     """
-    require_fusable(model)
+    check_model(model, spec)
     step = make_train_step(model.optimizer)
     state = read_state(model)
     images = jnp.asarray(splits.X_train)

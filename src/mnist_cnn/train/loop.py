@@ -17,10 +17,11 @@ from typing import Any, TextIO
 
 import keras
 
-from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig, ModelSpec
 from mnist_cnn.core.results import HISTORY_FIELDS, HistoryRow
 from mnist_cnn.core.text import format_duration
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
+from mnist_cnn.train.trainers import TrainerChoice, plan_trainers
 
 EpochLogs = dict[str, float]
 
@@ -97,18 +98,26 @@ def train_model(
     progress: ExperimentProgress | None = None,
     resume: ResumePoint | None = None,
     on_epoch_end: Callable[[list[HistoryRow], float], None] | None = None,
+    trainer: TrainerChoice | None = None,
 ) -> TrainingResult:
     """Train ``model`` up to ``config.epochs``, continuing from ``resume`` if given.
 
-    ``on_epoch_end(history, training_seconds)`` runs after every epoch, once the model
-    holds that epoch's weights (the experiment writes its checkpoint there).
+    ``model`` is the config's variant of the same name; ``trainer`` is its entry in
+    ``plan_trainers(config)`` (planned here when not given). ``on_epoch_end(history,
+    training_seconds)`` runs after every epoch, once the model holds that epoch's weights
+    (the experiment writes its checkpoint there).
     """
+    specs = {spec.name: spec for spec in config.model_specs()}
+    if model.name not in specs:
+        raise ValueError(f"{model.name} is not one of the config's models ({', '.join(specs)})")
+    if trainer is None:
+        trainer = next(choice for choice in plan_trainers(config) if choice.model == model.name)
     resume = resume or ResumePoint()
     history = list(resume.history)
     training_seconds = resume.training_seconds
-    epochs = fused_epochs if config.resolved_trainer() == "fused" else keras_epochs
+    epochs = fused_epochs if trainer.trainer == "fused" else keras_epochs
     session_start = time.perf_counter()
-    for epoch, logs in epochs(model, splits, config, resume.epochs_done):
+    for epoch, logs in epochs(model, specs[model.name], splits, config, resume.epochs_done):
         row = {"epoch": epoch + 1, **{field: float(logs[field]) for field in HISTORY_FIELDS[1:]}}
         history.append(row)
         if progress is not None:
@@ -124,15 +133,15 @@ def train_model(
 
 
 def fused_epochs(
-    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+    model: keras.Model, spec: ModelSpec, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
 ) -> Iterator[tuple[int, EpochLogs]]:
     from mnist_cnn.train import fused  # Imports JAX: only on the JAX backend.
 
-    return fused.train_epochs(model, splits, config, first_epoch)
+    return fused.train_epochs(model, spec, splits, config, first_epoch)
 
 
 def keras_epochs(
-    model: keras.Model, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+    model: keras.Model, spec: ModelSpec, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
 ) -> Iterator[tuple[int, EpochLogs]]:
     """model.fit, one epoch per call, on the images in ``epoch_order`` (the compiled train
     function is built once and reused across calls)."""

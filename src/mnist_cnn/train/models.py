@@ -1,35 +1,31 @@
-"""One parametric CNN builder; Model_A and Model_B are named variants of it (see config)."""
+"""The one CNN builder: a ``ModelSpec`` (core.config) becomes a Keras model.
+
+Model_A, Model_B and any other variant are data (specs) read here; nothing else in the package
+states the architecture. The fused trainer computes the same function from the same spec and
+checks the built model against it (train.trainers, train.fused).
+"""
 
 from __future__ import annotations
 
 import keras
 from keras import layers
 
-from mnist_cnn.core.config import ExperimentConfig, ModelSpec
-
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from mnist_cnn.core.config import INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, ModelSpec
 
 
-def build_cnn(
-    filters: int,
-    kernel_size: int = 3,
-    dense_units: tuple[int, ...] = (200, 100),
-    num_classes: int = NUM_CLASSES,
-    name: str = "cnn",
-) -> keras.Model:
+def build_variant(spec: ModelSpec) -> keras.Model:
     """Conv2D(filters, kernel, stride 1, 'valid') -> MaxPool 2x2 -> Flatten -> Dense... -> softmax.
 
-    Hidden layers use ReLU. The specification fixes everything but the filter count.
+    Hidden layers use ReLU (the specification names no activation; ReLU is the usual one).
+    Layer names are fixed ("conv", "pool", "flatten", "dense_1"..., "digit"): the fused
+    trainer and the reports find layers by them.
     """
-    if filters < 1:
-        raise ValueError(f"filters must be at least 1, got {filters}")
-    model = keras.Sequential(name=name)
+    model = keras.Sequential(name=spec.name)
     model.add(keras.Input(shape=INPUT_SHAPE, name="image"))
     model.add(
         layers.Conv2D(
-            filters=filters,
-            kernel_size=(kernel_size, kernel_size),
+            filters=spec.filters,
+            kernel_size=(spec.kernel_size, spec.kernel_size),
             strides=1,
             padding="valid",
             activation="relu",
@@ -38,20 +34,10 @@ def build_cnn(
     )
     model.add(layers.MaxPooling2D(pool_size=(2, 2), name="pool"))
     model.add(layers.Flatten(name="flatten"))
-    for index, units in enumerate(dense_units, start=1):
+    for index, units in enumerate(spec.dense_units, start=1):
         model.add(layers.Dense(units, activation="relu", name=f"dense_{index}"))
-    model.add(layers.Dense(num_classes, activation="softmax", name="digit"))
+    model.add(layers.Dense(NUM_CLASSES, activation="softmax", name="digit"))
     return model
-
-
-def build_variant(spec: ModelSpec) -> keras.Model:
-    """Build a named variant (Model_A, Model_B) of the CNN."""
-    return build_cnn(
-        filters=spec.filters,
-        kernel_size=spec.kernel_size,
-        dense_units=spec.dense_units,
-        name=spec.name,
-    )
 
 
 def make_optimizer(config: ExperimentConfig) -> keras.optimizers.Optimizer:
