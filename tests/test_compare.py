@@ -21,6 +21,7 @@ from scipy import stats as scipy_stats
 from mnist_cnn.core import stats
 from mnist_cnn.core.config import ExperimentConfig, SweepConfig, parse_seeds
 from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
 from mnist_cnn.sweep.compare import run_sweep
@@ -114,10 +115,18 @@ def test_seeds_flag(text: str, seeds: tuple[int, ...]) -> None:
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["0", "-2", "abc", "1,x", "3,-1"])
-def test_bad_seeds_flag(text: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("text", ["abc", "1,x", "2.5"])
+def test_a_seeds_flag_that_is_not_numbers_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a number of seeds"):
         parse_seeds(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("0", "at least 1 seed"), ("-2", "at least 1 seed"), ("3,-1", "0 or more")]
+)
+def test_seeds_that_cannot_be_run_are_refused_by_the_sweep_config(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SweepConfig(experiment=ExperimentConfig(models=("A",)), seeds=parse_seeds(text))
 
 
 def test_sweep_config_round_trips_and_refuses_a_single_seed_comparison() -> None:
@@ -174,7 +183,7 @@ def test_a_trial_taken_up_by_several_tasks_keeps_where_each_ran(tmp_path: Path) 
     trial = run.read_trial()
     assert trial["earlier"] == [first] and trial["wall_seconds"] == 60.0
     record = trial_record(SeedResults(seed=0, metrics={}, histories={}, trial=trial, environment={}))
-    assert record["host"] == "node-1, node-2" and record["cpu"] == "AMD EPYC, Intel Xeon" and record["tasks"] == 2
+    assert record.host == "node-1, node-2" and record.cpu == "AMD EPYC, Intel Xeon" and record.tasks == 2
 
 
 # ---------------------------------------------------------------- real sweeps on Ray
@@ -193,8 +202,8 @@ def straight_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sweep: Path) -> None:
     sweep = SweepFolder.existing(straight_sweep)
-    statistics = sweep.read_statistics()
-    assert statistics["seeds_finished"] == list(SWEEP_SEEDS)
+    statistics = SweepStatistics.from_json(sweep.read_statistics())
+    assert statistics.seeds_finished == SWEEP_SEEDS
     for position, seed in enumerate(SWEEP_SEEDS):
         run = sweep.seed_run(seed)
         assert run.is_finished() and run.config().seed == seed
@@ -203,16 +212,17 @@ def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sw
         assert trial["epochs_trained"] == 2 * 2 and "earlier" not in trial  # Two models x two epochs, one task.
         for name in ("Model_A", "Model_B"):
             metrics = run.model(name).read_metrics()
-            assert statistics["models"][name]["test_accuracy"]["values"][position] == metrics.test_accuracy
-            assert statistics["models"][name]["training_seconds"]["values"][position] == metrics.training_seconds
-    accuracies = {name: statistics["models"][name]["test_accuracy"]["values"] for name in ("Model_A", "Model_B")}
+            assert statistics.values(name, "test_accuracy")[position] == metrics.test_accuracy
+            assert statistics.values(name, "training_seconds")[position] == metrics.training_seconds
+    accuracies = {name: statistics.values(name, "test_accuracy") for name in ("Model_A", "Model_B")}
     assert len(set(accuracies["Model_A"])) > 1  # The seeds differ: different initial weights and orders.
-    comparison = statistics["comparison"]
+    comparison = statistics.comparison
+    assert comparison is not None
     expected = stats.paired_difference("test_accuracy", accuracies["Model_A"], accuracies["Model_B"])
-    assert comparison["differences"]["test_accuracy"]["mean"] == pytest.approx(expected.summary.mean)
-    assert comparison["verdict"].startswith(f"With {len(SWEEP_SEEDS)} seeds, Model_B's test accuracy is")
+    assert comparison.differences["test_accuracy"].summary.mean == pytest.approx(expected.summary.mean)
+    assert comparison.verdict.startswith(f"With {len(SWEEP_SEEDS)} seeds, Model_B's test accuracy is")
     markdown = (straight_sweep / "statistics.md").read_text()
-    assert comparison["verdict"] in markdown and "| seed |" in markdown
+    assert comparison.verdict in markdown and "| seed |" in markdown
     for name in ("test_accuracy", "curves", "epoch_times"):
         with Image.open(sweep.figure_path(name)) as image:
             image.verify()
@@ -226,7 +236,8 @@ def test_sweep_report_shows_the_verdict_and_links_every_seeds_report(straight_sw
     assert_offline(sweep.report_path, page)
     assert {"verdict", "models", "paired", "figures", "seeds"} <= page.ids
     assert len(decoded_images(page)) == 3
-    assert sweep.read_statistics()["comparison"]["verdict"] in " ".join(" ".join(page.text).split())
+    comparison = SweepStatistics.from_json(sweep.read_statistics()).comparison
+    assert comparison is not None and comparison.verdict in " ".join(" ".join(page.text).split())
     seed_links = [link for link in page.links if not link.startswith("#")]
     assert seed_links == [f"seed-{seed}/report.html" for seed in SWEEP_SEEDS]
     for link in seed_links:
@@ -274,15 +285,18 @@ def test_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(straigh
     assert result.returncode == 0, result.stderr
     assert "seed 0: already finished" in result.stdout
     assert first.read_trial() == finished_trial  # Not trained again.
-    straight = SweepFolder(straight_sweep).read_statistics()
-    resumed = SweepFolder(sweep_dir).read_statistics()
+    straight = SweepStatistics.from_json(SweepFolder(straight_sweep).read_statistics())
+    resumed = SweepStatistics.from_json(SweepFolder(sweep_dir).read_statistics())
     for name in ("Model_A", "Model_B"):
         for field in ("test_accuracy", "test_loss", "best_val_accuracy"):
-            assert resumed["models"][name][field]["values"] == pytest.approx(straight["models"][name][field]["values"])
+            assert resumed.values(name, field) == pytest.approx(straight.values(name, field))
+    assert resumed.comparison is not None and straight.comparison is not None
     for field in ("test_accuracy", "test_loss"):
-        ours, theirs = resumed["comparison"]["differences"][field], straight["comparison"]["differences"][field]
-        assert {k: ours[k] for k in ("mean", "ci_low", "ci_high", "t_test_p", "wilcoxon_p")} == pytest.approx(
-            {k: theirs[k] for k in ("mean", "ci_low", "ci_high", "t_test_p", "wilcoxon_p")}
+        ours, theirs = resumed.comparison.differences[field], straight.comparison.differences[field]
+        assert (ours.summary.mean, ours.summary.ci_low, ours.summary.ci_high, ours.t_test_p, ours.wilcoxon_p) == (
+            pytest.approx(
+                (theirs.summary.mean, theirs.summary.ci_low, theirs.summary.ci_high, theirs.t_test_p, theirs.wilcoxon_p)
+            )
         )
 
 
@@ -297,8 +311,8 @@ def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None
         statistics = run_sweep(config, tmp_path / "cluster", ray_address=cluster.address, stream=io.StringIO())
     finally:
         cluster.shutdown()
-    nodes = {trial["node_id"] for trial in statistics["trials"]}
-    assert len(nodes) == 2, statistics["trials"]  # One CPU a node, two trials at once: one on each.
+    nodes = {trial.node_id for trial in statistics.trials}
+    assert len(nodes) == 2, statistics.trials  # One CPU a node, two trials at once: one on each.
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_cnn.report.html import confusion_matrix, per_digit_scores
+from mnist_cnn.core.config import MODEL_VARIANTS, ExperimentConfig, ModelSpec
+from mnist_cnn.core.errors import RunFolderError
+from mnist_cnn.core.results import Comparison, ModelMetrics
+from mnist_cnn.report.figures import comparison_markdown
+from mnist_cnn.report.html import (
+    architecture_sentences,
+    comparison_rows,
+    comparison_waiting,
+    confusion_matrix,
+    per_digit_scores,
+    write_run_report,
+)
+from mnist_cnn.report.measures import BY_FIELD, MEASURES, format_value
 from mnist_cnn.store.runs import RunFolder
 
 from .conftest import SMOKE_LIMIT, cli
@@ -97,10 +109,109 @@ def test_the_experiment_writes_a_complete_self_contained_report(smoke_run: Path)
         metrics = RunFolder(smoke_run).model(name).read_metrics()
         wrong = round((1 - metrics.test_accuracy) * SMOKE_LIMIT)
         assert f"{wrong} of {SMOKE_LIMIT} test images misread" in text  # The same test set as metrics.json.
-        assert f"{metrics.test_accuracy:.4f}" in text
+        assert format_value(metrics.test_accuracy, BY_FIELD["test_accuracy"]) in text
     for index in (0, 1, 2):
         assert re.search(rf"X_test\[{index}\] ?, true digit \d: Model_A reads \d", text)
     assert "Missing" not in text
+
+
+def test_the_report_of_a_finished_run_says_finished(smoke_run: Path) -> None:
+    """report.html is written once status.json says finished, so its header says so too."""
+    run = RunFolder(smoke_run)
+    assert run.read_status()["state"] == "finished"
+    header = run.report_path.read_text(encoding="utf-8").split("</header>")[0]
+    assert re.search(r"</code>: finished\.", header), header[-600:]
+    assert "running" not in header
+
+
+def test_a_report_that_cannot_be_written_leaves_the_run_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_cnn import experiment
+
+    def broken(*arguments: object, **keywords: object) -> Path:
+        raise RunFolderError("cannot write report.html: No space left on device")
+
+    monkeypatch.setattr(experiment, "write_run_report", broken)
+    stream = io.StringIO()
+    config = ExperimentConfig(models=("A",), limit=64, epochs=1, backend="jax")
+    metrics = experiment.run_experiment(config, tmp_path / "run", stream=stream)
+    run = RunFolder(tmp_path / "run")
+    assert set(metrics) == {"Model_A"} and run.is_finished() and not run.report_path.exists()
+    assert f"the run is finished: write its report with 'mnist-cnn report {run.path}'" in stream.getvalue()
+
+
+def test_a_one_model_run_speaks_only_of_its_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = cli("train", "--model", "B", "--limit", "300", "--epochs", "1", "--out", run_dir)
+    assert result.returncode == 0, result.stderr
+    run = RunFolder(run_dir)
+    page = parse(run.report_path)
+    for text in (run.report_path.read_text(encoding="utf-8"), (run_dir / "comparison.md").read_text()):
+        assert "Model_B" in text
+        for other in ("Model_A", "A vs B", "Both models must finish", "/Model_"):
+            assert other not in text, other
+    for text in (" ".join(page.text), (run_dir / "comparison.md").read_text()):
+        assert not re.search(r"\bratios?\b", text, flags=re.IGNORECASE)
+    assert "comparison" not in page.ids and set(RUN_SECTIONS) - {"comparison"} <= page.ids
+    headings = re.findall(r"<h2>(\d+)\. ", run.report_path.read_text(encoding="utf-8"))
+    assert headings == [str(number) for number in range(1, 8)]  # Numbered without a gap.
+    assert "Model_B has 64 filters." in " ".join(" ".join(page.text).split())
+
+
+def fake_metrics(name: str, accuracy: float) -> ModelMetrics:
+    return ModelMetrics(
+        model=name,
+        parameters=1000,
+        test_loss=0.1,
+        test_accuracy=accuracy,
+        best_val_accuracy=accuracy,
+        best_val_epoch=1,
+        epochs=1,
+        training_seconds=12.25,
+        seconds_per_epoch=[12.25],
+        seconds_per_epoch_median=12.25,
+        first_epoch_seconds=12.25,
+        resumed_from_epoch=None,
+        inference_ms_per_image_batched=0.05,
+        inference_ms_single_image=0.5,
+    )
+
+
+def test_tables_and_texts_take_any_number_of_models() -> None:
+    metrics = {name: fake_metrics(name, 0.9 + index / 100) for index, name in enumerate(("M1", "M2", "M3"))}
+    comparison = Comparison.of(metrics)
+    markdown = comparison_markdown(comparison)
+    assert markdown.startswith("| | M1 | M2 | M3 |\n|---|---:|---:|---:|\n")
+    assert "| Test accuracy | 90.00 % | 91.00 % | 92.00 % |" in markdown and "ratio" not in markdown
+    rows = comparison_rows(comparison)
+    assert [row.label for row in rows] == [measure.title for measure in MEASURES]
+    assert all(len(row.cells) == 3 for row in rows)
+    specs = [ModelSpec("X", "M1", 8), ModelSpec("Y", "M2", 16), ModelSpec("Z", "M3", 24, kernel_size=5)]
+    assert architecture_sentences(specs[:2])[1] == "M1 has 8 filters, M2 16."
+    assert architecture_sentences(specs)[1].endswith("M3: 24 filters of 5×5, Dense 200 → Dense 100.")
+    assert comparison_waiting(["M1", "M2", "M3"], ["M1"]) == (
+        "M2, M3 have not finished: the comparison needs every model of the run."
+    )
+    assert comparison_waiting(["M1"], []) is None
+
+
+def test_a_run_of_three_models_renders_them_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(MODEL_VARIANTS, "C", ModelSpec(key="C", name="Model_C", filters=16))
+    config = ExperimentConfig(models=("A", "B", "C"), epochs=1, limit=SMOKE_LIMIT, backend="jax")
+    run = RunFolder(tmp_path / "three").create()
+    run.write_record(config, {})
+    run.write_status("finished")
+    history = [{"epoch": 1, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75, "seconds": 12.25}]
+    for index, spec in enumerate(config.model_specs()):
+        run.model(spec.name).write_metrics(fake_metrics(spec.name, 0.9 + index / 100))
+        run.model(spec.name).write_history(history)
+    page = parse(write_run_report(run.path))
+    text = " ".join(" ".join(page.text).split())
+    assert "Model_A vs Model_B vs Model_C on MNIST" in text
+    assert "Model_A has 32 filters, Model_B 64, Model_C 16." in text
+    assert "Test accuracy 90.00 % 91.00 % 92.00 %" in text
+    assert "this run has 3" in text and "not finished" not in text
 
 
 def test_confusion_matrix_and_per_digit_scores_by_hand() -> None:

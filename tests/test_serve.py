@@ -14,8 +14,9 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
+from mnist_cnn.data.robustness import fonts, printed_digit
 from tests.conftest import cli
 
 CHROMIUM = "/usr/bin/chromium"
@@ -68,25 +69,10 @@ def server(trained_run: Path):
 
 
 def font_digit(digit: int, font: ImageFont.FreeTypeFont, dark_on_light: bool) -> bytes:
-    image = Image.new("L", (160, 160), 255 if dark_on_light else 0)
-    ImageDraw.Draw(image).text((80, 80), str(digit), font=font, fill=0 if dark_on_light else 255, anchor="mm")
+    """A printed digit (the robustness set's own drawing) as the PNG bytes a browser would upload."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    printed_digit(digit, font, dark_on_light).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def fonts() -> list[ImageFont.FreeTypeFont]:
-    """Pillow's own font plus the sans and serif fonts on the machine (not handwriting, not MNIST)."""
-    found = [ImageFont.load_default(size=110)]
-    for pattern in (
-        "DejaVuSans.ttf",
-        "DejaVuSans-Bold.ttf",
-        "DejaVuSerif.ttf",
-        "LiberationSans-Regular.ttf",
-        "LiberationSerif-Bold.ttf",
-    ):
-        found += [ImageFont.truetype(str(path), 110) for path in Path("/usr/share/fonts").rglob(pattern)][:1]
-    return found
 
 
 def test_models_endpoint_and_openapi(server: str) -> None:

@@ -7,6 +7,7 @@ file it reads or writes goes through ``runs.RunFolder``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from mnist_cnn.store.runs import ModelFolder, RunFolder
 from mnist_cnn.train.evaluation import evaluate_model, predict_test_images, time_inference
 from mnist_cnn.train.loop import ExperimentProgress, ResumePoint, TrainingResult, train_model
 from mnist_cnn.train.models import seeded_model
+from mnist_cnn.train.trainers import TrainerChoice, plan_trainers, trainer_summary
 
 
 def run_experiment(
@@ -41,13 +43,14 @@ def run_experiment(
     """
     stream = stream or sys.stdout  # Looked up now, not at import: callers may redirect it.
     config = config.for_backend(keras.backend.backend())
+    trainers = plan_trainers(config)  # Before anything is written or loaded: a refusal costs nothing.
     run = RunFolder(run_dir).create()
     with run.lock():
-        resumed = adopt_run_folder(config, run)
+        resumed = adopt_run_folder(config, run, trainers)
         run.remove_partial_files()
         run.write_status("running", resumed=resumed)
         try:
-            metrics = train_all(config, run, stream)
+            metrics, splits, models = train_all(config, run, stream, trainers)
         except KeyboardInterrupt:
             run.write_status("interrupted")
             raise
@@ -55,10 +58,28 @@ def run_experiment(
             run.write_status("failed", error=f"{error.__class__.__name__}: {error}")
             raise
         run.write_status("finished", resumed=resumed)
+        write_report(run, splits, models, stream)
     return metrics
 
 
-def adopt_run_folder(config: ExperimentConfig, run: RunFolder) -> bool:
+def write_report(run: RunFolder, splits: MnistSplits, models: dict[str, keras.Model], stream: TextIO) -> None:
+    """report.html, once status.json says finished: the report's header shows the run's final state.
+
+    The run is finished whatever happens here (models, metrics, comparison and predictions are
+    written), so a report that cannot be written does not fail it: the error is said, with the
+    command that writes the report again from the folder.
+    """
+    try:
+        write_run_report(run.path, splits, models)
+    except Exception as error:
+        say(
+            stream,
+            f"warning: {run.report_path} could not be written ({error.__class__.__name__}: {error}); "
+            f"the run is finished: write its report with 'mnist-cnn report {run.path}'",
+        )
+
+
+def adopt_run_folder(config: ExperimentConfig, run: RunFolder, trainers: list[TrainerChoice]) -> bool:
     """Write config.json for a new run; for an existing one, check it is the same run.
 
     Returns True when the folder already held this run (so this is a resume).
@@ -66,7 +87,7 @@ def adopt_run_folder(config: ExperimentConfig, run: RunFolder) -> bool:
     if not run.is_run():
         if run.holds_other_files():
             raise RunFolderError(f"{run.path} is not empty and is not a run folder; choose another --out")
-        run.write_record(config, run_details(config))
+        run.write_record(config, run_details(trainers))
         return False
     stored = run.config()
     if stored != config:
@@ -82,17 +103,21 @@ def adopt_run_folder(config: ExperimentConfig, run: RunFolder) -> bool:
     return True
 
 
-def run_details(config: ExperimentConfig) -> dict[str, Any]:
+def run_details(trainers: list[TrainerChoice]) -> dict[str, Any]:
     """What config.json holds beside the settings: the software and hardware that ran them."""
     return {
         "mnist_cnn_version": package_version(),
         "mnist_cnn_commit": git_commit(),
-        "trainer_used": config.resolved_trainer(),
+        "trainer_used": trainer_summary(trainers),
+        "trainers": {choice.model: {"trainer": choice.trainer, "reason": choice.reason} for choice in trainers},
         "environment": describe_environment(),
     }
 
 
-def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[str, ModelMetrics]:
+def train_all(
+    config: ExperimentConfig, run: RunFolder, stream: TextIO, trainers: list[TrainerChoice]
+) -> tuple[dict[str, ModelMetrics], MnistSplits, dict[str, keras.Model]]:
+    """Train, compare and predict; return each model's metrics, and the data and models for the report."""
     splits = load_mnist(config.data, config.validation_size, config.limit)
     if config.batch_size > len(splits.X_train):
         raise ConfigError(
@@ -100,6 +125,9 @@ def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[
             "use a smaller --batch-size or a larger --limit"
         )
     say(stream, f"data: {splits.source}; sizes {splits.sizes()}; run folder {run.path}")
+    for choice in trainers:
+        say(stream, choice.describe())
+    trainer_of = {choice.model: choice for choice in trainers}
     models = {spec.name: seeded_model(spec, config) for spec in config.model_specs()}
     progress = ExperimentProgress(
         plan={name: (config.epochs, model.count_params()) for name, model in models.items()}, stream=stream
@@ -116,7 +144,7 @@ def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[
             for row in histories[name]:
                 progress.record(name, row["seconds"])
             continue
-        result = train_with_checkpoints(models[name], splits, config, folder, progress, stream)
+        result = train_with_checkpoints(models[name], trainer_of[name], splits, config, folder, progress, stream)
         metrics[name] = finish_model(models[name], result, splits, folder)
         histories[name] = result.history
 
@@ -125,13 +153,14 @@ def train_all(config: ExperimentConfig, run: RunFolder, stream: TextIO) -> dict[
         plot_comparison(histories, run.comparison_figure_path)
     table = write_comparison(metrics, run, header=comparison_header(config, splits, metrics))
     predictions = write_predictions(models, splits, run)
-    report = write_run_report(run.path, splits, models)
-    say(stream, summary_text(table, predictions, run.path, report))
-    return metrics
+    # report.html comes after status.json says finished (run_experiment), so its header says so.
+    say(stream, summary_text(table, predictions, run.path, run.report_path))
+    return metrics, splits, models
 
 
 def train_with_checkpoints(
     model: keras.Model,
+    trainer: TrainerChoice,
     splits: MnistSplits,
     config: ExperimentConfig,
     folder: ModelFolder,
@@ -156,7 +185,7 @@ def train_with_checkpoints(
         save_checkpoint(folder.checkpoint_path, model, state)
         fault_point(f"epoch-end:{model.name}:{len(history)}")
 
-    return train_model(model, splits, config, progress, resume=resume, on_epoch_end=save)
+    return train_model(model, splits, config, progress, resume=resume, on_epoch_end=save, trainer=trainer)
 
 
 def finish_model(model: keras.Model, result: TrainingResult, splits: MnistSplits, folder: ModelFolder) -> ModelMetrics:
@@ -217,3 +246,38 @@ def summary_text(table_markdown: str, predictions: PredictionsOnTestImages, run_
         lines.append(f"  X_test[{index}] (true {predictions.true_labels[position]}): {answers}")
     lines.append(f"\nEverything is in {run_dir}; open {report}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- using a finished run
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEvaluation:
+    """``mnist-cnn evaluate``: each saved model's test loss and accuracy on the run's own test set."""
+
+    results: dict[str, dict[str, float]]
+    test_images: int
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None) -> RunEvaluation:
+    """Evaluate a run's saved models on the test set it was scored on (so metrics.json is reproduced).
+
+    ``data`` names another MNIST source; the run's ``--limit`` still applies, as it did in training.
+    """
+    run = RunFolder.existing(run_dir)
+    config = run.config()
+    models = run.load_models()
+    splits = load_mnist(data or config.data, config.validation_size, config.limit)
+    results = {name: evaluate_model(model, splits.X_test, splits.y_test) for name, model in models.items()}
+    return RunEvaluation(results=results, test_images=len(splits.X_test))
+
+
+def predict_run_test_images(
+    run_dir: str | Path, indices: list[int], data: str | None = None
+) -> PredictionsOnTestImages:
+    """Every saved model's answer for X_test[i], i in ``indices``: any of the 10,000, whatever the run's limit."""
+    run = RunFolder.existing(run_dir)
+    config = run.config()
+    models = run.load_models()
+    splits = load_mnist(data or config.data, config.validation_size)
+    return predict_test_images(models, splits, indices)

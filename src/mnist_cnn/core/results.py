@@ -210,7 +210,7 @@ class PairRatios:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Model_A vs Model_B (comparison.json): each model's metrics, and B/A ratios for a pair."""
+    """The run's models side by side (comparison.json): each one's metrics; for a pair, second/first ratios."""
 
     models: dict[str, ModelMetrics]
     second_vs_first: PairRatios | None = None

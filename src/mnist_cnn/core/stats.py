@@ -1,11 +1,12 @@
-"""Statistics for a multi-seed comparison: is Model_B better than Model_A, and at what cost?
+"""Statistics for a multi-seed comparison: is the second model better than the first, and at what cost?
 
 Each seed trains both models with the same seed (same data order), so the comparison is
-*paired*: the per-seed difference B - A removes what the seed does to both. Confidence
+*paired*: the per-seed difference second - first removes what the seed does to both. Confidence
 intervals use Student's t (few seeds), with a bootstrap interval beside it that assumes no
 normality; a paired t-test and a Wilcoxon signed-rank test give p-values. Time ratios are
 compared on a log scale (a ratio's natural scale), so their mean is a geometric mean.
-Pure functions of numbers: no Keras, no files.
+Pure functions of numbers: no Keras, no files. Each result has one ``to_json`` and one
+``from_json`` (statistics.json holds them; ``core.sweep_results`` assembles that document).
 """
 
 from __future__ import annotations
@@ -26,6 +27,40 @@ DETECTABLE_DIFFERENCE = 0.001
 POWER = 0.8  # The usual target: an 80 % chance of detecting a difference that is really there.
 
 
+def json_object(kind: str, document: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The document's values for ``keys``; ValueError when it is not a JSON object holding them all."""
+    if not isinstance(document, dict):
+        raise ValueError(f"expected a JSON object for {kind}, got {type(document).__name__}")
+    missing = [key for key in keys if key not in document]
+    if missing:
+        raise ValueError(f"{kind} lacks {missing}")
+    return {key: document[key] for key in keys}
+
+
+def json_number(value: Any, optional: bool = False) -> Any:
+    """A float read back from JSON (None allowed when ``optional``); ValueError for anything else."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def json_integer(value: Any, optional: bool = False) -> Any:
+    """An int read back from JSON (None allowed when ``optional``); ValueError for anything else."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
+
+
+def json_numbers(values: Any) -> tuple[float, ...]:
+    if not isinstance(values, list):
+        raise ValueError(f"expected a list of numbers, got {values!r}")
+    return tuple(json_number(value) for value in values)
+
+
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """Mean, sample standard deviation and t confidence interval of a few values."""
@@ -42,6 +77,20 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "values": list(self.values), "n": self.n}
+
+    @classmethod
+    def from_json(cls, document: Any) -> Summary:
+        values = json_object(cls.__name__, document, ("values", "mean", "sd", "ci_low", "ci_high", "n"))
+        summary = cls(
+            values=json_numbers(values["values"]),
+            mean=json_number(values["mean"]),
+            sd=json_number(values["sd"], optional=True),
+            ci_low=json_number(values["ci_low"], optional=True),
+            ci_high=json_number(values["ci_high"], optional=True),
+        )
+        if values["n"] != summary.n:
+            raise ValueError(f"summary says n = {values['n']} but holds {summary.n} values")
+        return summary
 
 
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
@@ -113,7 +162,7 @@ def seeds_needed(sd: float | None, effect: float, confidence: float = CONFIDENCE
 
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
-    """B - A per seed (or log(B/A) for a ratio), with every interval and test the report shows."""
+    """second - first per seed, with every interval and test the report shows."""
 
     quantity: str
     differences: tuple[float, ...]
@@ -137,6 +186,25 @@ class PairedDifference:
             "wilcoxon_p": self.wilcoxon_p,
         }
 
+    @classmethod
+    def from_json(cls, document: Any) -> PairedDifference:
+        keys = ("quantity", "differences", "mean", "sd", "ci_low", "ci_high")
+        tests = ("bootstrap_low", "bootstrap_high", "t_test_p", "wilcoxon_p")
+        values = json_object(cls.__name__, document, keys + tests)
+        differences = json_numbers(values["differences"])
+        return cls(
+            quantity=str(values["quantity"]),
+            differences=differences,
+            summary=Summary(
+                values=differences,
+                mean=json_number(values["mean"]),
+                sd=json_number(values["sd"], optional=True),
+                ci_low=json_number(values["ci_low"], optional=True),
+                ci_high=json_number(values["ci_high"], optional=True),
+            ),
+            **{key: json_number(values[key], optional=True) for key in tests},
+        )
+
 
 def paired_difference(quantity: str, first: Sequence[float], second: Sequence[float]) -> PairedDifference:
     """``second - first`` seed by seed: mean, t and bootstrap intervals, t-test and Wilcoxon p-values."""
@@ -159,7 +227,7 @@ def paired_difference(quantity: str, first: Sequence[float], second: Sequence[fl
 
 @dataclasses.dataclass(frozen=True)
 class RatioSummary:
-    """B/A per seed summarised on a log scale: geometric mean and its t interval."""
+    """second / first per seed summarised on a log scale: geometric mean and its t interval."""
 
     quantity: str
     ratios: tuple[float, ...]
@@ -169,6 +237,17 @@ class RatioSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "ratios": list(self.ratios)}
+
+    @classmethod
+    def from_json(cls, document: Any) -> RatioSummary:
+        values = json_object(cls.__name__, document, ("quantity", "ratios", "geometric_mean", "ci_low", "ci_high"))
+        return cls(
+            quantity=str(values["quantity"]),
+            ratios=json_numbers(values["ratios"]),
+            geometric_mean=json_number(values["geometric_mean"]),
+            ci_low=json_number(values["ci_low"], optional=True),
+            ci_high=json_number(values["ci_high"], optional=True),
+        )
 
 
 def ratio_summary(quantity: str, first: Sequence[float], second: Sequence[float]) -> RatioSummary:

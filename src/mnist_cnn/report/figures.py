@@ -1,4 +1,4 @@
-"""Figures and tables a person reads: learning curves, the A-vs-B comparison, predictions."""
+"""Figures and tables a person reads: learning curves, the comparison of the run's models, predictions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 
 from mnist_cnn.core.files import atomic_path  # noqa: E402
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
+from mnist_cnn.report.measures import metrics_rows  # noqa: E402
 from mnist_cnn.store.runs import ModelFolder, RunFolder  # noqa: E402
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -67,27 +68,13 @@ def comparison_figure(
     return figure
 
 
-TABLE_ROWS = (
-    ("parameters", "Parameters", "{:,}"),
-    ("test_accuracy", "Test accuracy", "{:.4f}"),
-    ("test_loss", "Test loss", "{:.4f}"),
-    ("best_val_accuracy", "Best validation accuracy", "{:.4f}"),
-    ("best_val_epoch", "Epoch of best validation accuracy", "{}"),
-    ("epochs", "Epochs", "{}"),
-    ("training_seconds", "Training time (s)", "{:.1f}"),
-    ("seconds_per_epoch_median", "Seconds per epoch (median)", "{:.2f}"),
-    ("inference_ms_per_image_batched", "Inference per image, batched (ms)", "{:.4f}"),
-    ("inference_ms_single_image", "Inference, one image alone (ms)", "{:.2f}"),
-)
-
-
 def comparison_markdown(comparison: Comparison) -> str:
-    """The comparison table (one column per model) and the B/A ratios, as Markdown."""
+    """The comparison table (one column per model, however many) and, for a pair, the ratios, as Markdown."""
     names = list(comparison.models)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for key, label, fmt in TABLE_ROWS:
-        cells = (fmt.format(getattr(comparison.models[name], key)) for name in names)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        f"| {row.label} | " + " | ".join(row.cells) + " |" for row in metrics_rows(list(comparison.models.values()))
+    ]
     ratios = comparison.second_vs_first
     if ratios is not None:
         pair = f"{ratios.second}/{ratios.first}"
@@ -106,7 +93,8 @@ def write_comparison(metrics: dict[str, ModelMetrics], run: RunFolder, header: s
     """comparison.json and comparison.md; returns the table as Markdown."""
     comparison = Comparison.of(metrics)
     text = comparison_markdown(comparison)
-    run.write_comparison(comparison, f"# Model comparison\n\n{header}{text}")
+    title = "Model comparison" if len(metrics) > 1 else f"{', '.join(metrics)}: results"
+    run.write_comparison(comparison, f"# {title}\n\n{header}{text}")
     return text
 
 

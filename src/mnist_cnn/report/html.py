@@ -1,12 +1,12 @@
 """report.html: one self-contained page per run (and per sweep) that people open instead of a folder.
 
 The page follows the specification's order: data, models, training, test evaluation, the
-A-vs-B comparison, where each model goes wrong (confusion matrix, per-digit precision and
-recall, the most confidently wrong test images), X_test[0..2], and the environment. Every
-figure is drawn here, in memory, and inlined as a data: URI, so the file opens anywhere
-(a USB stick, an e-mail, no network). The HTML comes from a Jinja2 template with
-autoescaping. A run folder that lacks something (its models, its data) still gets a report
-of what it has, saying what is missing.
+comparison of the run's models (when it has several), where each model goes wrong
+(confusion matrix, per-digit precision and recall, the most confidently wrong test
+images), X_test[0..2], and the environment. Every figure is drawn here, in memory, and
+inlined as a data: URI, so the file opens anywhere (a USB stick, an e-mail, no network).
+The HTML comes from a Jinja2 template with autoescaping. A run folder that lacks something
+(its models, its data) still gets a report of what it has, saying what is missing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from mnist_cnn.core.files import write_text
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics
 from mnist_cnn.core.version import version_text
 from mnist_cnn.data.mnist import MnistSplits, load_mnist
-from mnist_cnn.report.figures import COLORS, TABLE_ROWS, comparison_figure, plt
+from mnist_cnn.report.figures import COLORS, comparison_figure, plt
+from mnist_cnn.report.measures import Row, metrics_rows
 from mnist_cnn.store.runs import ModelFolder, RunFolder
 
 GALLERY_SIZE = 12  # Most confidently wrong test images shown per model.
@@ -243,6 +244,7 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
     finished = {section.spec.name: section.metrics for section in sections if section.metrics is not None}
     histories = {section.spec.name: section.history for section in sections if section.history is not None}
     comparison = Comparison.of(finished) if finished else None
+    names = [spec.name for spec in config.model_specs()]
 
     model_views = []
     test_probabilities: dict[str, np.ndarray] = {}
@@ -274,6 +276,8 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
 
     return {
         "title": f"mnist-cnn run {run.path.name}",
+        "heading": f"{' vs '.join(names)} on MNIST",
+        "architecture": architecture_sentences(config.model_specs()),
         "run_path": str(run.path),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "version": version_text(),
@@ -290,6 +294,14 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
         "table_rows": comparison_rows(comparison),
         "table_models": list(finished),
         "ratios": comparison.second_vs_first if comparison else None,
+        # The comparison section exists for a run of several models only.
+        "comparison_title": " vs ".join(names) if len(names) > 1 else None,
+        "comparison_waiting": comparison_waiting(names, list(finished)),
+        "comparison_note": (
+            f"Ratios compare a pair of models; this run has {len(names)}: the table above sets them side by side."
+            if len(names) > 2
+            else None
+        ),
         "predictions": predictions,
         "resumed": {
             name: metrics.resumed_from_epoch for name, metrics in finished.items() if metrics.resumed_from_epoch
@@ -339,12 +351,44 @@ def prediction_items(
     ]
 
 
-def comparison_rows(comparison: Comparison | None) -> list[dict[str, Any]]:
-    if comparison is None:
-        return []
+def comparison_rows(comparison: Comparison | None) -> list[Row]:
+    """The test-evaluation table: the one table of measures, a column per finished model."""
+    return metrics_rows(list(comparison.models.values())) if comparison is not None else []
+
+
+def comparison_waiting(names: list[str], finished: list[str]) -> str | None:
+    """For a run of several models, the ones the comparison still waits for (None when none)."""
+    waiting = [name for name in names if name not in finished]
+    if len(names) < 2 or not waiting:
+        return None
+    verb = "has" if len(waiting) == 1 else "have"
+    return f"{', '.join(waiting)} {verb} not finished: the comparison needs every model of the run."
+
+
+def architecture_sentences(specs: list[ModelSpec]) -> list[str]:
+    """The CNN the run's models share and what each one sets (its filters), from the config."""
+
+    def dense(units: tuple[int, ...]) -> str:
+        return " → ".join(f"Dense {count}" for count in units)
+
+    shared = {(spec.kernel_size, spec.dense_units) for spec in specs}
+    if len(shared) == 1:
+        ((kernel, units),) = shared
+        filters = [f"{spec.name} {spec.filters}" for spec in specs]
+        filters[0] = f"{specs[0].name} has {specs[0].filters} filters"
+        return [
+            f"One builder: Conv2D(filters, {kernel}×{kernel}, stride 1, 'valid', ReLU) → MaxPooling 2×2 → Flatten → "
+            f"{dense(units)} → Dense 10 (softmax).",
+            ", ".join(filters) + ".",
+        ]
     return [
-        {"label": label, "cells": [fmt.format(getattr(metrics, key)) for metrics in comparison.models.values()]}
-        for key, label, fmt in TABLE_ROWS
+        "One builder: Conv2D(filters, kernel, stride 1, 'valid', ReLU) → MaxPooling 2×2 → Flatten → "
+        "Dense layers → Dense 10 (softmax).",
+        "; ".join(
+            f"{spec.name}: {spec.filters} filters of {spec.kernel_size}×{spec.kernel_size}, {dense(spec.dense_units)}"
+            for spec in specs
+        )
+        + ".",
     ]
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mnist_cnn.core.config import SweepConfig
+from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.core.text import say
 from mnist_cnn.report.html import write_run_report
 from mnist_cnn.report.sweep import write_sweep_report, write_sweep_statistics
@@ -26,7 +27,7 @@ def run_sweep(
     workers: int | None = None,
     cpus_per_trial: int | None = None,
     stream: TextIO | None = None,
-) -> dict[str, Any]:
+) -> SweepStatistics:
     """Train every seed not finished yet on Ray, then write and return the sweep's statistics.
 
     Into a folder that already holds this sweep, this resumes: finished seeds are kept,
