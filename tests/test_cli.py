@@ -142,7 +142,7 @@ def bad_input_cases(tmp_path: Path, smoke_run: Path) -> list[tuple[list[str], st
         (["predict", corrupt], "not a readable .keras model"),
         (["predict", newer], "newer mnist-cnn"),
         (["predict", smoke_run, "--index", "99999"], "out of range"),
-        (["predict", smoke_run, "seven.png", "--show-input", smoke_run / "config.json"], "cannot write"),
+        (["predict", smoke_run, "seven.png", "--show-input", smoke_run / "config.json"], "a file stands where"),
         (["serve", tmp_path / "missing-run"], "does not exist"),
         (["serve", smoke_run, "--max-batch", "0"], "max batch must be a whole number of at least 1"),
         (["serve", smoke_run, "--port", "70000"], "port must be a whole number from 1 to 65535"),
@@ -161,6 +161,15 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, smoke_run: Pat
         assert message in result.stderr, (arguments, result.stderr)
         assert "Traceback" not in result.stderr, arguments
         assert len(result.stderr.strip().splitlines()) == 1, (arguments, result.stderr)
+
+
+def test_a_failed_start_leaves_no_run_folder_behind(tmp_path: Path) -> None:
+    """Data that cannot be used is refused before the run folder exists: no empty 'failed' run."""
+    (tmp_path / "notes.txt").write_text("my notes")
+    for arguments in (["--limit", "5"], ["--data", tmp_path / "notes.txt"], ["--data", tmp_path / "nowhere.npz"]):
+        result = cli("experiment", *arguments, "--epochs", "1", "--out", tmp_path / "run")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "run").exists(), arguments
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])

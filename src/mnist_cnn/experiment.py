@@ -44,13 +44,14 @@ def run_experiment(
     stream = stream or sys.stdout  # Looked up now, not at import: callers may redirect it.
     config = config.for_backend(keras.backend.backend())
     trainers = plan_trainers(config)  # Before anything is written or loaded: a refusal costs nothing.
+    splits = load_training_data(config)  # Before the run folder exists: bad data leaves no failed run behind.
     run = RunFolder(run_dir).create()
     with run.lock():
         resumed = adopt_run_folder(config, run, trainers)
         run.remove_partial_files()
         run.write_status("running", resumed=resumed)
         try:
-            metrics, splits, models = train_all(config, run, stream, trainers)
+            metrics, models = train_all(config, run, splits, stream, trainers)
         except KeyboardInterrupt:
             run.write_status("interrupted")
             raise
@@ -114,17 +115,23 @@ def run_details(trainers: list[TrainerChoice]) -> dict[str, Any]:
     }
 
 
-def train_all(
-    config: ExperimentConfig, run: RunFolder, stream: TextIO, trainers: list[TrainerChoice]
-) -> tuple[dict[str, ModelMetrics], MnistSplits, dict[str, keras.Model]]:
-    """Train, compare and predict; return each model's metrics, and the data and models for the report."""
+def load_training_data(config: ExperimentConfig) -> MnistSplits:
+    """The config's MNIST split; a batch larger than the training set is refused here."""
     splits = load_mnist(config.data, config.validation_size, config.limit)
     if config.batch_size > len(splits.X_train):
         raise ConfigError(
             f"batch size {config.batch_size} is larger than the {len(splits.X_train)} training images; "
             "use a smaller --batch-size or a larger --limit"
         )
-    say(stream, f"data: {splits.source}; sizes {splits.sizes()}; run folder {run.path}")
+    return splits
+
+
+def train_all(
+    config: ExperimentConfig, run: RunFolder, splits: MnistSplits, stream: TextIO, trainers: list[TrainerChoice]
+) -> tuple[dict[str, ModelMetrics], dict[str, keras.Model]]:
+    """Train, compare and predict; return each model's metrics, and the models for the report."""
+    limited = f" (the first {config.limit} of each: --limit {config.limit})" if config.limit else ""
+    say(stream, f"data: {splits.source}; {splits.describe_sizes()}{limited}; run folder {run.path}")
     for choice in trainers:
         say(stream, choice.describe())
     trainer_of = {choice.model: choice for choice in trainers}
@@ -151,11 +158,11 @@ def train_all(
     fault_point("reports")
     if len(models) > 1:
         plot_comparison(histories, run.comparison_figure_path)
-    table = write_comparison(metrics, run, header=comparison_header(config, splits, metrics))
+    table = write_comparison(metrics, run, header=comparison_header(config, splits, metrics, trainers))
     predictions = write_predictions(models, splits, run)
     # report.html comes after status.json says finished (run_experiment), so its header says so.
     say(stream, summary_text(table, predictions, run.path, run.report_path))
-    return metrics, splits, models
+    return metrics, models
 
 
 def train_with_checkpoints(
@@ -216,8 +223,9 @@ def write_predictions(models: dict[str, keras.Model], splits: MnistSplits, run: 
     return result
 
 
-def comparison_header(config: ExperimentConfig, splits: MnistSplits, metrics: dict[str, ModelMetrics]) -> str:
-    sizes = splits.sizes()
+def comparison_header(
+    config: ExperimentConfig, splits: MnistSplits, metrics: dict[str, ModelMetrics], trainers: list[TrainerChoice]
+) -> str:
     resumed = [
         f"{name} resumed after epoch {values.resumed_from_epoch}"
         for name, values in metrics.items()
@@ -230,9 +238,9 @@ def comparison_header(config: ExperimentConfig, splits: MnistSplits, metrics: di
         else ""
     )
     return note + (
-        f"Backend {config.backend} ({config.resolved_trainer()} trainer), {config.epochs} epochs, "
+        f"Backend {config.backend} ({trainer_summary(trainers)} trainer), {config.epochs} epochs, "
         f"batch {config.batch_size}, {config.optimizer} (learning rate {config.learning_rate}), seed {config.seed}; "
-        f"{sizes['train']} training, {sizes['valid']} validation, {sizes['test']} test images.\n\n"
+        f"{splits.describe_sizes()}.\n\n"
     )
 
 

@@ -168,13 +168,6 @@ class ExperimentConfig:
             )
         return dataclasses.replace(self, backend=backend)
 
-    def resolved_trainer(self) -> str:
-        """The trainer asked for, ``auto`` read by backend alone (for the records of runs before
-        per-model trainers; ``train.trainers.plan_trainers`` decides per model now)."""
-        if self.trainer == "auto":
-            return "fused" if (self.backend or DEFAULT_BACKEND) == "jax" else "keras"
-        return self.trainer
-
     def model_specs(self) -> list[ModelSpec]:
         return [MODEL_VARIANTS[key] for key in self.models]
 

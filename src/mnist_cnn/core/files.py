@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 from mnist_cnn.core.errors import RunFolderError
 
+# What a new file's mode is before the umask takes its bits away (as open() and touch do).
+NEW_FILE_MODE = 0o666
 # Names of files being written start with "." and hold this mark.
 TEMPORARY_MARK = ".partial-"
 
@@ -46,6 +49,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary_path
         with open(temporary_path, "rb") as written:
             os.fsync(written.fileno())
+        # mkstemp makes the file private (0600); the finished file gets the mode any new file
+        # would get, so a report can be shared through a web server or with another user.
+        os.chmod(temporary_path, NEW_FILE_MODE & ~current_umask())
         os.replace(temporary_path, path)
     except OSError as error:
         temporary_path.unlink(missing_ok=True)
@@ -55,10 +61,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_error(path: Path, error: OSError) -> RunFolderError:
-    return RunFolderError(
-        f"cannot write {path}: {error.strerror or error}; free some space or choose a writable folder"
-    )
+    """One line: what could not be written, why, and what to do about that cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space or choose a folder on another disk"
+    elif error.errno in (errno.EEXIST, errno.ENOTDIR):
+        advice = f"a file stands where a folder is needed in {path.parent}: choose a folder"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "choose a folder you can write to"
+    else:
+        advice = "check the folder, or choose another one"
+    return RunFolderError(f"cannot write {path}: {error.strerror or error}; {advice}")
 
 
 def write_text(path: Path, text: str) -> None:

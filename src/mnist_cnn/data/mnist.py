@@ -75,6 +75,11 @@ class MnistSplits:
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.X_train), "valid": len(self.X_valid), "test": len(self.X_test)}
 
+    def describe_sizes(self) -> str:
+        """'54000 training, 6000 validation, 10000 test images': how the run's output and reports say it."""
+        sizes = self.sizes()
+        return f"{sizes['train']} training, {sizes['valid']} validation, {sizes['test']} test images"
+
 
 def load_mnist(source: str = "auto", validation_size: int = 6000, limit: int | None = None) -> MnistSplits:
     """Load MNIST from ``source``, reshape to (N, 28, 28, 1), scale to [0, 1], split.
@@ -203,7 +208,8 @@ def read_npz(path: Path, expected_sha256: dict[str, str] | None = None) -> RawAr
         raise
     except ARCHIVE_ERRORS as error:
         raise DataError(
-            f"{path}: cannot read it as an .npz file ({error}); the file may be truncated or corrupt"
+            f"{path}: cannot read it as an .npz file ({npz_problem(error)}); give an MNIST .npz in the Keras "
+            "layout, a folder of the four IDX files, or --data bundled"
         ) from None
     if expected_sha256 is not None:
         for name, expected in expected_sha256.items():
@@ -214,6 +220,18 @@ def read_npz(path: Path, expected_sha256: dict[str, str] | None = None) -> RawAr
                     "the bundled data is corrupt: reinstall mnist-cnn"
                 )
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def npz_problem(error: BaseException) -> str:
+    """What is wrong with a file NumPy could not read as an .npz, in words for people.
+
+    NumPy reads any file that is neither a zip archive nor an array file as a pickle, which
+    ``allow_pickle=False`` refuses with a message about trusting pickles: for a user it means
+    "this is not an .npz file".
+    """
+    if "pickled" in str(error):
+        return "it is not an .npz archive"
+    return f"{error.__class__.__name__}: it may be truncated or corrupt"
 
 
 def read_idx_folder(folder: Path) -> RawArrays:

@@ -284,7 +284,7 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
         "config": config,
         "status": status,
         "environment": record.get("environment", {}),
-        "trainer": record.get("trainer_used", config.resolved_trainer()),
+        "trainer": record.get("trainer_used", "not recorded"),
         "notes": notes,
         "data": None
         if splits is None
