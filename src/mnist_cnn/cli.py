@@ -91,7 +91,7 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
         "--limit",
         type=int,
         default=None,
-        help="train on only the first N images, for a quick smoke run (default: all)",
+        help="quick runs: keep only the first N training, N validation and N test images (default: all)",
     )
     parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="optimizer (default: %(default)s)"
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     experiment = commands.add_parser(
-        "experiment", help="the whole specification: train, compare and predict with Model_A and Model_B"
+        "experiment", help="the whole specification: train, evaluate, compare and predict with each model (default: A,B)"
     )
     add_models_flag(experiment)
     experiment.add_argument(
@@ -243,7 +243,7 @@ def seed_list(text: str) -> tuple[int, ...]:
 def add_compare_parser(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
-        help="is Model_B better than Model_A? the experiment over several seeds on Ray, with paired statistics",
+        help="is one model really better than another? the experiment over several seeds on Ray, paired statistics",
     )
     compare.add_argument(
         "--seeds",
