@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     experiment = commands.add_parser(
-        "experiment", help="the whole specification: train, evaluate, compare and predict with each model (default: A,B)"
+        "experiment", help="the whole specification: train, evaluate, compare and predict with each model"
     )
     add_models_flag(experiment)
     experiment.add_argument(
