@@ -57,6 +57,17 @@ from mnist_cnn.store.lock import RunLock
 if TYPE_CHECKING:
     import keras
 
+
+def fresh_path(root: Path, prefix: str) -> Path:
+    """``root/<prefix><timestamp>`` that does not exist yet (``-2``, ``-3``... if two start in one second)."""
+    base = root / f"{prefix}{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = base.with_name(f"{base.name}-{suffix}")
+    return candidate
+
+
 # What keras.saving.load_model raises for a damaged .keras file: ValueError for a file that is
 # not a zip (and JSONDecodeError, a ValueError, for a broken config), KeyError for a zip
 # without config.json, BadZipFile for a corrupted member, TypeError for a config naming a
@@ -151,13 +162,7 @@ class RunFolder:
     @classmethod
     def new(cls, root: str | Path = "runs") -> RunFolder:
         """A fresh ``runs/<timestamp>`` folder (with a suffix if two runs start in the same second)."""
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / stamp
-        candidate, suffix = base, 1
-        while candidate.exists():
-            suffix += 1
-            candidate = base.with_name(f"{stamp}-{suffix}")
-        return cls(candidate)
+        return cls(fresh_path(Path(root), ""))
 
     @classmethod
     def existing(cls, path: str | Path) -> RunFolder:

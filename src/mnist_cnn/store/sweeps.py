@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from mnist_cnn.store.layout import (
     SWEEP_FILE,
 )
 from mnist_cnn.store.lock import RunLock
-from mnist_cnn.store.runs import RunFolder
+from mnist_cnn.store.runs import RunFolder, fresh_path
 
 
 class SweepFolder:
@@ -33,13 +32,8 @@ class SweepFolder:
 
     @classmethod
     def new(cls, root: str | Path = "runs") -> SweepFolder:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(root) / f"compare-{stamp}"
-        candidate, suffix = base, 1
-        while candidate.exists():
-            suffix += 1
-            candidate = base.with_name(f"{base.name}-{suffix}")
-        return cls(candidate)
+        """A fresh ``runs/compare-<timestamp>`` folder."""
+        return cls(fresh_path(Path(root), "compare-"))
 
     @classmethod
     def existing(cls, path: str | Path) -> SweepFolder:
