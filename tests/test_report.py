@@ -269,8 +269,18 @@ def test_chromium_shows_every_image_without_errors_and_fits_a_phone(smoke_run: P
         broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
         count = page.evaluate("document.images.length")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        # Tables scroll rather than overflow the page; on a phone none should need to.
+        cut_tables = page.evaluate(
+            "[...document.querySelectorAll('.scroll')].filter(box => box.scrollWidth > box.clientWidth + 1).length"
+        )
+        curve_widths = page.evaluate(
+            "[...document.querySelectorAll('#training img')].map(image => image.getBoundingClientRect().width)"
+        )
         browser.close()
     assert errors == []
-    assert count == 11 and broken == 0
+    # Samples, 2 curve panels for all models and 2 for each model, 2 x (confusion, mistakes), 3 predictions.
+    assert count == 14 and broken == 0
+    assert cut_tables == 0, f"{cut_tables} table(s) wider than a {width}px screen"
+    assert len(curve_widths) == 6 and min(curve_widths) >= (330 if width < 600 else 400), curve_widths
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
     assert overflow <= 1, f"the page is {overflow}px wider than a {width}px screen"

@@ -168,7 +168,8 @@ class ModelMetrics:
             epochs=len(history),
             training_seconds=training_seconds,
             seconds_per_epoch=epoch_seconds,
-            seconds_per_epoch_median=statistics.median(epoch_seconds),
+            # The first epoch includes compiling the step: a 2-epoch run's median would be half compile time.
+            seconds_per_epoch_median=statistics.median(epoch_seconds[1:] or epoch_seconds),
             first_epoch_seconds=epoch_seconds[0],
             resumed_from_epoch=resumed_from_epoch,
             inference_ms_per_image_batched=inference["inference_ms_per_image_batched"],

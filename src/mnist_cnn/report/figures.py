@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # Files only: runs happen on machines with no screen.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mnist_cnn.core.files import atomic_path  # noqa: E402
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
@@ -22,6 +23,16 @@ def save_figure(figure: plt.Figure, path: Path) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
     plt.close(figure)
+
+
+def epoch_axis(axis: plt.Axes) -> None:
+    """Epochs are whole numbers: no 1.25 ticks on a short run's axis."""
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def curve_marker(epochs: int) -> str | None:
+    """Dots on the curves of short runs, where a line of one or two points is hard to see."""
+    return "." if epochs <= 20 else None
 
 
 def column(history: list[HistoryRow], name: str) -> list[float]:
@@ -38,6 +49,7 @@ def plot_learning_curves(history: list[HistoryRow], folder: ModelFolder) -> list
         axis.plot(epochs, column(history, metric), marker=".", label="train")
         axis.plot(epochs, column(history, f"val_{metric}"), marker=".", label="validation")
         axis.set(title=f"{model_name}: {metric} per epoch", xlabel="epoch", ylabel=label)
+        epoch_axis(axis)
         axis.grid(alpha=0.3)
         axis.legend()
         path = folder.curve_path(metric)
@@ -52,17 +64,31 @@ def plot_comparison(histories: dict[str, list[HistoryRow]], path: Path) -> None:
 
 
 def comparison_figure(
-    histories: dict[str, list[HistoryRow]], size: tuple[float, float] = (12, 4.5), legend_size: float | None = None
+    histories: dict[str, list[HistoryRow]],
+    size: tuple[float, float] = (12, 4.5),
+    legend_size: float | None = None,
+    metrics: tuple[str, ...] = ("loss", "accuracy"),
+    colors: tuple[str, ...] = COLORS,
 ) -> plt.Figure:
-    """One figure overlaying every model's loss and accuracy (solid train, dashed validation)."""
-    figure, axes = plt.subplots(1, 2, figsize=size)
-    for color, (name, history) in zip(COLORS, histories.items(), strict=False):
+    """One figure overlaying every model's ``metrics`` side by side (solid train, dashed validation)."""
+    figure, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False)
+    axes = axes[0]
+    for color, (name, history) in zip(colors, histories.items(), strict=False):
         epochs = column(history, "epoch")
-        for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-            axis.plot(epochs, column(history, metric), color=color, label=f"{name} train")
-            axis.plot(epochs, column(history, f"val_{metric}"), color=color, linestyle="--", label=f"{name} validation")
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for axis, metric in zip(axes, metrics, strict=True):
+            marker = curve_marker(len(epochs))
+            axis.plot(epochs, column(history, metric), color=color, marker=marker, label=f"{name} train")
+            axis.plot(
+                epochs,
+                column(history, f"val_{metric}"),
+                color=color,
+                linestyle="--",
+                marker=marker,
+                label=f"{name} validation",
+            )
+    for axis, metric in zip(axes, metrics, strict=True):
         axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
+        epoch_axis(axis)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=legend_size)
     return figure
@@ -191,6 +217,7 @@ def plot_mean_curves(histories: dict[str, list[list[HistoryRow]]], path: Path) -
             axis.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2, label=f"{name} ±1 sd")
     for axis, metric in zip(axes, ("validation accuracy", "validation loss"), strict=True):
         axis.set(title=f"{metric} per epoch", xlabel="epoch", ylabel=metric)
+        epoch_axis(axis)
         axis.grid(alpha=0.3)
         axis.legend()
     save_figure(figure, path)
@@ -205,6 +232,7 @@ def plot_epoch_times(seconds_per_epoch: dict[str, list[list[float]]], path: Path
         axis.plot(epochs, mean, color=color, label=f"{name} (mean of {len(runs)} seeds)")
         axis.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2)
     axis.set(title="time per epoch", xlabel="epoch", ylabel="seconds", ylim=(0, None))
+    epoch_axis(axis)
     axis.grid(alpha=0.3)
     axis.legend()
     save_figure(figure, path)

@@ -107,9 +107,16 @@ def sample_grid(splits: MnistSplits) -> str:
     return figure_uri(figure)
 
 
-def curves_figure(histories: dict[str, list[HistoryRow]]) -> str:
-    """Loss and accuracy per epoch, every model overlaid (solid train, dashed validation)."""
-    return figure_uri(comparison_figure(histories, size=(11, 4), legend_size=8))
+def curves_figure(histories: dict[str, list[HistoryRow]], colors: tuple[str, ...] = COLORS) -> list[str]:
+    """Loss, then accuracy, per epoch, every model overlaid (solid train, dashed validation).
+
+    One figure per metric: side by side on a wide screen, one under the other at full width on
+    a phone (two panels in one image would be half a phone's width each).
+    """
+    return [
+        figure_uri(comparison_figure(histories, size=(5.6, 4), legend_size=8, metrics=(metric,), colors=colors))
+        for metric in ("loss", "accuracy")
+    ]
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -196,7 +203,8 @@ def prediction_figure(image: np.ndarray, true: int, probabilities: dict[str, np.
         )
     right.set_xticks(range(10))
     right.set(ylim=(0, 1.05), xlabel="digit", ylabel="probability")
-    right.legend(fontsize=8, loc="upper left")
+    # Above the bars, not over them: the winning bar reaches the top of the axis.
+    right.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(3, len(probabilities)))
     right.grid(axis="y", alpha=0.3)
     return figure_uri(figure)
 
@@ -209,7 +217,7 @@ def layer_table(model: Any) -> list[dict[str, Any]]:
         {
             "name": layer.name,
             "kind": layer.__class__.__name__,
-            "output_shape": "(None, " + ", ".join(str(size) for size in layer.output.shape[1:]) + ")",
+            "output_shape": " × ".join(str(size) for size in layer.output.shape[1:]),  # Per image: no batch axis.
             "parameters": int(layer.count_params()),
         }
         for layer in model.layers
@@ -248,14 +256,18 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
 
     model_views = []
     test_probabilities: dict[str, np.ndarray] = {}
-    for section in sections:
+    for position, section in enumerate(sections):
         view: dict[str, Any] = {
             "name": section.spec.name,
             "filters": section.spec.filters,
             "missing": section.missing,
             "layers": layer_table(architecture(section)),
             "parameters": int(architecture(section).count_params()),
-            "curves": curves_figure({section.spec.name: section.history}) if section.history else None,
+            "curves": (
+                curves_figure({section.spec.name: section.history}, colors=(COLORS[position % len(COLORS)],))
+                if section.history
+                else None
+            ),
             "confusion": None,
         }
         if section.model is not None and splits is not None:

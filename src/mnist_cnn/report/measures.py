@@ -49,7 +49,7 @@ MEASURES = (
     Measure("best_val_epoch", "epoch of best validation accuracy", "count"),
     Measure("epochs", "epochs", "count"),
     Measure("training_seconds", "training time (s)", "seconds", 1, paired="ratio"),
-    Measure("seconds_per_epoch_median", "seconds per epoch (median)", "seconds", 2, paired="ratio"),
+    Measure("seconds_per_epoch_median", "seconds per epoch (median after the first)", "seconds", 2, paired="ratio"),
     Measure("inference_ms_per_image_batched", "inference per image, batched (ms)", "milliseconds", 4, paired="ratio"),
     Measure("inference_ms_single_image", "inference, one image alone (ms)", "milliseconds", 2),
 )
