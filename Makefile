@@ -1,62 +1,94 @@
 # The Quick start's two commands: `make experiment` and `make test`.
-# Both create .venv with the pinned dependencies on first use.
+# Both create .venv with the pinned dependencies on first use: `make experiment` (and setup, smoke,
+# compare) only what running mnist-cnn needs (requirements/runtime.txt); `make test` (and test-fast,
+# lint, format, bench*) the development set on top (requirements/dev.txt: TensorFlow, pytest, ruff,
+# Playwright, the notebook kernel), installing the rest into the same .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup experiment smoke compare test lint format bench bench-sweep bench-serve bench-augment clean
+.PHONY: setup setup-dev experiment smoke compare test test-fast lint format bench bench-sweep bench-serve bench-augment \
+	lock clean
 
-$(STAMP): requirements.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $(STAMP)
+$(RUNTIME): requirements/runtime.txt pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements/runtime.txt
+	$(PIP) --no-deps -e .
+	touch $@
 
-setup: $(STAMP)
+$(DEV): $(RUNTIME) requirements/dev.txt
+	$(PIP) -r requirements/dev.txt
+	touch $@
+
+setup: $(RUNTIME)
+
+setup-dev: $(DEV)
 
 ## The full seed experiment: Model_A and Model_B, 60 epochs each, into runs/<timestamp>/.
-experiment: $(STAMP)
+experiment: $(RUNTIME)
 	$(BIN)/mnist-cnn experiment $(ARGS)
 
 ## A one-minute end-to-end run on 600 images, 2 epochs.
-smoke: $(STAMP)
+smoke: $(RUNTIME)
 	$(BIN)/mnist-cnn experiment --limit 600 --epochs 2 --out runs/smoke $(ARGS)
 
 ## Is Model_B better? Both models over 5 seeds (60 epochs each) on a local Ray, with paired statistics.
-compare: $(STAMP)
+compare: $(RUNTIME)
 	$(BIN)/mnist-cnn compare --seeds 5 $(ARGS)
 
-test: $(STAMP)
+## The whole suite, as CI runs it.
+test: $(DEV)
 	$(BIN)/python -m pytest -q
 
+## The suite without the tests marked slow (Ray, browser, notebook, subprocess-kill).
+test-fast: $(DEV)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 ## ruff: lint and format check (CI runs it before the tests).
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python bench/train_speed.py $(ARGS)
 
 ## Seeds per hour of a sweep: one 2-thread trial at a time vs 1-thread trials side by side.
-bench-sweep: $(STAMP)
+bench-sweep: $(DEV)
 	$(BIN)/python bench/sweep_layout.py --epochs 3 --rounds 2 --json docs/sweep-layout.json $(ARGS)
 
 ## What --augment buys and costs: both models trained with and without it, 5 epochs.
-bench-augment: $(STAMP)
+bench-augment: $(DEV)
 	$(BIN)/python bench/augment_effect.py --epochs 5 --out runs/augment-effect $(ARGS)
 
 ## Load benchmark of the server (wrk when installed: apt-get install wrk), on a briefly trained run.
 SERVE_RUN ?= runs/bench-serve
-bench-serve: $(STAMP)
+bench-serve: $(DEV)
 	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
 		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
 	$(BIN)/python bench/serve_load.py $(SERVE_RUN) --out docs/serve-bench.json $(ARGS)
+
+## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
+## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs
+## others; ARGS='--upgrade' (or '--upgrade-package NAME') moves them. dev.txt is constrained to
+## runtime.txt, so the two always agree on every package they share.
+PIP_TOOLS := pip-tools==7.6.2
+COMPILE_FLAGS := --quiet --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+	$(PYTHON) -m venv "$$tools" && \
+	"$$tools/bin/pip" install --quiet --disable-pip-version-check $(PIP_TOOLS) && \
+	export CUSTOM_COMPILE_COMMAND="make lock" && \
+	"$$tools/bin/pip-compile" $(COMPILE_FLAGS) $(ARGS) -o requirements/runtime.txt pyproject.toml && \
+	"$$tools/bin/pip-compile" $(COMPILE_FLAGS) $(ARGS) --extra dev -c requirements/runtime.txt \
+		-o requirements/dev.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) runs/smoke

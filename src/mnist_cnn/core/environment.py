@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -24,15 +25,36 @@ TENSORFLOW_START_UP_NOISE = re.compile(
 )
 
 
+# Each Keras backend's package, its name for people, and how to install it. JAX is one of
+# mnist-cnn's own dependencies; TensorFlow is the `tensorflow` extra; PyTorch is not pinned.
+BACKEND_PACKAGES = {
+    "tensorflow": ("tensorflow", "TensorFlow", "pip install -e '.[tensorflow]' (or choose --backend jax)"),
+    "jax": ("jax", "JAX", "pip install -e . (JAX is one of mnist-cnn's own dependencies)"),
+    "torch": ("torch", "PyTorch", "pip install torch (mnist-cnn does not pin it; or choose --backend jax)"),
+}
+
+
+def package_installed(name: str) -> bool:
+    """Whether the top-level package ``name`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # A broken or half-imported package counts as missing.
+        return False
+
+
 def select_backend(backend: str | None = None) -> str:
     """Fix the Keras backend for this process: the argument, else $KERAS_BACKEND, else the default.
 
     Keras reads KERAS_BACKEND once, when it is first imported, so this must run before any
-    module that imports keras.
+    module that imports keras. A backend whose package is not installed is refused with a
+    one-line ConfigError that says how to install it.
     """
     chosen = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
     if chosen not in BACKENDS:
         raise ConfigError(f"unknown Keras backend {chosen!r}: choose from {', '.join(BACKENDS)}")
+    package, name, install = BACKEND_PACKAGES[chosen]
+    if not package_installed(package):
+        raise ConfigError(f"the {chosen} backend needs {name}, which is not installed: {install}")
     if "keras" in sys.modules:
         import keras
 
@@ -54,9 +76,10 @@ def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up log lines dropped; any other stderr output is kept.
 
     Those lines are written by C++ code to file descriptor 2 before TensorFlow reads its
-    log settings, so only capturing the descriptor itself silences them.
+    log settings, so only capturing the descriptor itself silences them. Without TensorFlow
+    installed (the lean install) it does nothing, and captures nothing.
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules or not package_installed("tensorflow"):
         return
     sys.stderr.flush()
     saved = os.dup(2)
