@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare test test-fast lint format bench bench-sweep bench-serve bench-augment \
+.PHONY: setup setup-dev experiment smoke compare notebook test test-fast lint format bench bench-sweep bench-serve bench-augment \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -39,6 +39,10 @@ smoke: $(RUNTIME)
 ## Is Model_B better? Both models over 5 seeds (60 epochs each) on a local Ray, with paired statistics.
 compare: $(RUNTIME)
 	$(BIN)/mnist-cnn compare --seeds 5 $(ARGS)
+
+## The specification as a notebook, in JupyterLab (the development set installs it).
+notebook: $(DEV)
+	$(BIN)/jupyter lab notebooks/mnist_cnn.ipynb $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(ARGS)
 
 ## The whole suite, as CI runs it.
 test: $(DEV)

@@ -6,6 +6,7 @@ right after the cell tagged ``parameters``), without needing papermill.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -121,3 +122,53 @@ def test_notebook_runs_with_injected_parameters(tmp_path: Path, monkeypatch: pyt
 
     for figure in ("Model_A_history.png", "Model_B_history.png", "predictions.png"):
         assert (out_dir / figure).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_make_notebook_serves_the_notebook_in_jupyterlab(tmp_path: Path) -> None:
+    """What `make notebook` starts: JupyterLab, serving the page and the notebook's contents."""
+    import secrets
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = secrets.token_hex(16)
+    jupyter = Path(sys.executable).parent / "jupyter"
+    server = subprocess.Popen(
+        [
+            str(jupyter), "lab", "notebooks/mnist_cnn.ipynb", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}",
+            *(["--allow-root"] if os.geteuid() == 0 else []),  # As make notebook does (CI runs as root).
+        ],
+        cwd=ROOT,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, "jupyter lab exited"
+            try:
+                if httpx.get(f"{base}/api/status", params={"token": token}, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "jupyter lab did not answer within 90 s"
+            time.sleep(0.5)
+        page = httpx.get(f"{base}/lab/tree/notebooks/mnist_cnn.ipynb", params={"token": token}, timeout=10)
+        assert page.status_code == 200 and "JupyterLab" in page.text
+        contents = httpx.get(f"{base}/api/contents/notebooks/mnist_cnn.ipynb", params={"token": token}, timeout=10)
+        assert contents.status_code == 200
+        cells = contents.json()["content"]["cells"]
+        assert any("digit_mnist = keras.datasets.mnist" in "".join(cell["source"]) for cell in cells)
+        assert httpx.get(f"{base}/api/contents/notebooks/mnist_cnn.ipynb", timeout=10).status_code == 403
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
