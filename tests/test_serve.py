@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import shutil
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -19,7 +21,11 @@ from PIL import Image, ImageFont
 from mnist_cnn.data.robustness import fonts, printed_digit
 from tests.conftest import cli
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Playwright
+
 CHROMIUM = "/usr/bin/chromium"
+MODELS = ("Model_A", "Model_B")
 
 
 @pytest.fixture(scope="module")
@@ -288,44 +294,241 @@ def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) ->
     assert rate >= 0.75
 
 
-def test_the_page_draws_a_digit_and_shows_both_models(server: str, tmp_path: Path) -> None:
+def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} is not installed")
+
+
+def launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+
+
+@dataclasses.dataclass
+class OfflinePage:
+    """A page that can reach the app's own origin and nothing else, and what it tried and logged."""
+
+    page: Page
+    blocked: list[str]
+    errors: list[str]
+
+
+def offline_page(browser: Browser, server: str, width: int, height: int) -> OfflinePage:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    watched = OfflinePage(page, [], [])
+
+    def only_the_app(route) -> None:
+        if route.request.url.startswith(f"{server}/"):
+            route.continue_()
+        else:
+            watched.blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_app)
+    page.on("console", lambda message: watched.errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: watched.errors.append(str(error)))
+    return watched
+
+
+def draw(page: Page, points: list[tuple[float, float]]) -> None:
+    """Mouse down at the first point (a fraction of the pad), move through the rest, up."""
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
+    page.mouse.down()
+    for fx, fy in points[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=12)
+    page.mouse.up()
+
+
+def wait_for_answers(page: Page) -> dict[str, str]:
+    for name in MODELS:
+        page.wait_for_function(
+            f"document.querySelector('[data-model=\"{name}\"] .answer').textContent.includes('%')", timeout=20000
+        )
+    return {name: page.locator(f'[data-model="{name}"] .answer').inner_text() for name in MODELS}
+
+
+PAD_BRIGHTNESS = """() => {
+  const pad = document.getElementById('pad');
+  const pixels = pad.getContext('2d').getImageData(0, 0, pad.width, pad.height).data;
+  let sum = 0, max = 0;
+  for (let i = 0; i < pixels.length; i += 4) { sum += pixels[i]; max = Math.max(max, pixels[i]); }
+  return { mean: sum / (pixels.length / 4), max };
+}"""
+RECORD_MESSAGES = """() => {
+  window.shownMessages = [];
+  const message = document.getElementById('message');
+  new MutationObserver(() => { if (message.textContent) window.shownMessages.push(message.textContent); })
+    .observe(message, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+@pytest.mark.slow
+def test_the_page_draws_a_digit_and_shows_both_models(server: str, tmp_path: Path) -> None:
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 390, "height": 844})  # A phone-sized screen.
+        browser = launch(playwright)
+        watched = offline_page(browser, server, 390, 844)  # A phone-sized screen.
+        page = watched.page
         page.goto(server)
         page.wait_for_selector('[data-model="Model_B"]')
-        box = page.locator("#pad").bounding_box()
-        stroke = [(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)]  # A seven.
-        page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
-        page.mouse.down()
-        for fx, fy in stroke[1:]:
-            page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=12)
-        page.mouse.up()
-        for name in ("Model_A", "Model_B"):
-            page.wait_for_function(
-                f"document.querySelector('[data-model=\"{name}\"] .answer').textContent.includes('%')", timeout=20000
-            )
-        answers = {name: page.locator(f'[data-model="{name}"] .answer').inner_text() for name in ("Model_A", "Model_B")}
+        draw(page, [(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)])  # A seven.
+        answers = wait_for_answers(page)
         assert page.locator("#seen").get_attribute("src").startswith("data:image/png")
         assert "trained without augmentation" in page.locator('[data-model="Model_A"] .training').inner_text()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         if os.environ.get("MNIST_CNN_SCREENSHOT"):
             shutil.copy(tmp_path / "page.png", os.environ["MNIST_CNN_SCREENSHOT"])
         browser.close()
     assert all(answer.split()[0].isdigit() for answer in answers.values()), answers
     assert (tmp_path / "page.png").stat().st_size > 1000
+    assert watched.blocked == [] and watched.errors == []
+    assert overflow <= 1
+
+
+@pytest.mark.slow
+def test_the_page_on_a_laptop_tap_stroke_upload_and_a_bad_upload(server: str, tmp_path: Path) -> None:
+    """The issue's defects, as a new user met them on a 1280x800 screen with no network."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        watched = offline_page(browser, server, 1280, 800)
+        page = watched.page
+        page.goto(server)
+        page.wait_for_selector('[data-model="Model_B"]')
+        page.evaluate(RECORD_MESSAGES)
+        # Before any drawing: no "what the models saw" frame, so no broken-image icon.
+        assert not page.locator("#seen").is_visible()
+
+        # A tap: a dot of ink where it landed, answers, and no error at any moment.
+        box = page.locator("#pad").bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert page.evaluate(PAD_BRIGHTNESS)["max"] == 255
+        assert (
+            page.evaluate("document.getElementById('pad').getContext('2d').getImageData(140, 140, 1, 1).data[0]") > 200
+        )
+        wait_for_answers(page)
+        assert page.locator("#seen").is_visible()
+
+        # A stroke after Clear: answers for both models, on screen beside the pad.
+        page.click("#clear")
+        assert page.evaluate(PAD_BRIGHTNESS)["max"] == 0 and not page.locator("#seen").is_visible()
+        draw(page, [(0.3, 0.2), (0.7, 0.2), (0.55, 0.5), (0.45, 0.85)])
+        wait_for_answers(page)
+        for name in MODELS:
+            answer = page.locator(f'[data-model="{name}"] .answer').bounding_box()
+            assert answer["x"] + answer["width"] <= 1280 and answer["y"] + answer["height"] <= 800, (name, answer)
+        page.screenshot(path=str(tmp_path / "laptop.png"))
+        shown = page.evaluate("window.shownMessages")
+        assert shown == [] and page.locator("#message").inner_text() == ""
+        assert watched.errors == []
+
+        # An upload replaces the drawing: the pad shows the photo (dark ink on white paper) and its answer.
+        drawn_seen = page.locator("#seen").get_attribute("src")
+        photo = {"name": "two.png", "mimeType": "image/png", "buffer": mnist_upload(1, "PNG", dark_on_light=True)}
+        page.set_input_files("#file", files=[photo])
+        page.wait_for_function(
+            "src => (document.getElementById('seen').getAttribute('src') || src) !== src", arg=drawn_seen
+        )
+        wait_for_answers(page)
+        assert page.evaluate(PAD_BRIGHTNESS)["mean"] > 128  # White paper now, not a white 7 on black.
+
+        # A bad upload: a sentence without an exception's name, and nothing of the last picture beside it.
+        page.set_input_files("#file", files=[{"name": "notes.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1"}])
+        page.wait_for_function("document.getElementById('message').textContent !== ''")
+        error = page.locator("#message").inner_text()
+        answers = [page.locator(f'[data-model="{name}"] .answer').inner_text() for name in MODELS]
+        pad = page.evaluate(PAD_BRIGHTNESS)
+        seen_visible = page.locator("#seen").is_visible()
+        beside = page.locator('[data-model="Model_B"] h2').bounding_box()  # A long message wraps under the pad.
+        page.screenshot(path=str(tmp_path / "bad-upload.png"))
+        browser.close()
+    assert error.startswith("notes.pdf: not a readable image"), error
+    assert "Error" not in error and "upload:" not in error
+    assert answers == ["", ""] and pad["max"] == 0 and not seen_visible
+    assert beside["y"] < 200, beside
+    assert watched.blocked == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "ready"), [("/docs", "swagger"), ("/redoc", "redoc")])
+def test_the_api_documentation_renders_without_a_network(server: str, path: str, ready: str) -> None:
+    """Swagger UI and ReDoc come from the app itself: no CDN, no font or validator service."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        watched = offline_page(browser, server, 1280, 800)
+        page = watched.page
+        page.goto(f"{server}{path}")
+        if ready == "swagger":
+            operation = page.locator('.opblock-summary-path[data-path="/api/predict"]')
+            operation.wait_for(state="visible", timeout=20000)
+            shown = operation.inner_text().replace("\u200b", "")
+        else:
+            operation = page.locator("h2", has_text="Predict the digit in an image").first
+            operation.wait_for(state="visible", timeout=20000)
+            shown = page.locator("body").inner_text()
+        browser.close()
+    assert "/api/predict" in shown
+    assert watched.blocked == [], watched.blocked
+    assert watched.errors == [], watched.errors
+
+
+def test_the_favicon_is_an_icon(server: str) -> None:
+    response = httpx.get(f"{server}/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == (32, 32)
+
+
+def test_openapi_declares_every_error_answer_with_its_body(server: str) -> None:
+    schema = httpx.get(f"{server}/openapi.json").json()
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    assert schema["components"]["schemas"]["ErrorBody"]["properties"]["detail"]["type"] == "string"
+    predict = schema["paths"]["/api/predict"]["post"]["responses"]
+    for status in ("400", "413", "422", "503", "504"):
+        assert predict[status]["content"]["application/json"]["schema"] == error_body, status
+        assert predict[status]["description"], status
+    assert predict["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+    assert "predictions" in schema["components"]["schemas"]["Prediction"]["properties"]
+    readiness = schema["paths"]["/readyz"]["get"]["responses"]
+    assert readiness["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Readiness"}
+    # What the app really answers has the declared shape.
+    refused = httpx.post(f"{server}/api/predict", content=b"")
+    assert refused.status_code == 400 and set(refused.json()) == {"detail"}
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_and_exits_2(smoke_run: Path) -> None:
+    from mnist_cnn.serve.app import check_address_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", smoke_run, "--port", port)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0]
+    assert "serving" not in result.stdout and "http://" not in result.stdout
+    # Once free, the check lets go of the port again: the server can bind it right after.
+    check_address_free("127.0.0.1", port)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))

@@ -6,6 +6,8 @@ opening the page at once is served, not failed. Decoding and preparing uploads r
 Starlette's thread pool, off the event loop and in parallel with inference. Uploads are
 capped in size; anything that is not a usable image gets a 4xx with a message; a full queue
 gets 503 with Retry-After, a request not answered in time 504: never a 500 for load.
+Every one of those answers is declared in the OpenAPI schema, and the API documentation
+(/docs, /redoc) is served with its scripts from the app itself: it works offline.
 """
 
 from __future__ import annotations
@@ -15,19 +17,27 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
+import functools
+import io
 import json
 import os
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageDraw
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from mnist_cnn.core.config import BatchingSettings, ServerSettings
-from mnist_cnn.core.errors import ImageInputError
+from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
 from mnist_cnn.store.runs import RunFolder
@@ -48,6 +58,57 @@ IMAGE_BODY = {
 }
 RETRY_AFTER_SECONDS = 1
 PREPARE_THREADS = 2
+# Swagger UI 5 and ReDoc 2, as files of the pinned fastapi-offline package: the docs need no CDN.
+DOCS_ASSETS = resources.files("fastapi_offline") / "static"
+DOCS_STATIC_URL = "/static/docs"
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # ReDoc's "API docs by Redocly" link fetches it.
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer of the API: one sentence that says what is wrong and what to do."""
+
+    detail: str = Field(examples=["the server is busy (the queue is full); try again in a moment"])
+
+
+class ModelAnswer(BaseModel):
+    digit: int = Field(ge=0, le=9, description="the most probable digit")
+    probability: float = Field(description="its probability")
+    probabilities: list[float] = Field(min_length=10, max_length=10, description="one per digit, 0 to 9")
+
+
+class Prediction(BaseModel):
+    predictions: dict[str, ModelAnswer] = Field(description="every model's answer, by model name")
+    model_input_png: str = Field(description="the 28x28 image the models saw, as a data:image/png;base64 URL")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: list[str]
+    answered: int = Field(description="predictions answered since the start")
+    batches: int = Field(description="forward passes that answered them (mean batch = answered / batches)")
+
+
+def error_response(description: str, **extra: Any) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description, **extra}
+
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
+}
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Prediction, "description": "every model's answer"},
+    400: error_response("no image: an empty body, an empty file, or a form without a file"),
+    413: error_response(f"the upload is over the {MAX_BYTES // 2**20} MB limit"),
+    422: error_response("not a readable image, over the pixel limit, or blank (no ink found)"),
+    503: error_response(
+        "the server is busy (its queue is full): try again after Retry-After seconds", headers=RETRY_AFTER_HEADER
+    ),
+    504: error_response("no answer in time: the server is overloaded", headers=RETRY_AFTER_HEADER),
+}
+READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "the models are loaded and compiled"},
+    503: {"model": Readiness, "description": "not ready yet: the models are still loading or compiling"},
+}
 
 
 def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastAPI:
@@ -76,18 +137,25 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
         summary="Draw or upload a digit; every model of the run answers.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # Served below with local scripts, not FastAPI's CDN ones.
+        redoc_url=None,
     )
     app.state.worker = worker
+    add_documentation(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (resources.files("mnist_cnn.serve") / "web" / "index.html").read_text(encoding="utf-8")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(favicon_png(), media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
     @app.get("/healthz", summary="Liveness: the server answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: models loaded and compiled")
+    @app.get("/readyz", summary="Readiness: models loaded and compiled", responses=READYZ_RESPONSES)
     def readyz() -> JSONResponse:
         ready = worker.ready.is_set()
         counts = {"answered": worker.answered, "batches": worker.batches}  # Mean batch = answered / batches.
@@ -97,7 +165,12 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
     def list_models() -> dict[str, Any]:
         return {"run": str(run_dir), "models": summaries}
 
-    @app.post("/api/predict", summary="Predict the digit in an image", openapi_extra=IMAGE_BODY)
+    @app.post(
+        "/api/predict",
+        summary="Predict the digit in an image",
+        openapi_extra=IMAGE_BODY,
+        responses=PREDICT_RESPONSES,
+    )
     async def predict(request: Request) -> JSONResponse:
         content = await read_upload(request)
         loop = asyncio.get_running_loop()
@@ -127,6 +200,59 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
         )
 
     return app
+
+
+def add_documentation(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc) with their scripts and styles served by the app."""
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title}: API documentation",
+            swagger_js_url=f"{root}{DOCS_STATIC_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}/favicon.ico",
+            # No online validator badge: it would send the schema's address to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(f"{DOCS_STATIC_URL}/redoc.js", include_in_schema=False)
+    def redoc_js() -> Response:
+        return Response(redoc_script(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title}: API documentation",
+            redoc_js_url=f"{root}{DOCS_STATIC_URL}/redoc.js",
+            redoc_favicon_url=f"{root}/favicon.ico",
+            with_google_fonts=False,
+        )
+
+    # After the routes above: the mount would otherwise answer for redoc.js too.
+    app.mount(DOCS_STATIC_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+
+
+@functools.cache
+def redoc_script() -> bytes:
+    """ReDoc's script with its one outside address, a logo, replaced by the app's own icon."""
+    script = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8")
+    icon = "data:image/png;base64," + base64.b64encode(favicon_png()).decode("ascii")
+    return script.replace(REDOC_LOGO, icon).encode("utf-8")
+
+
+@functools.cache
+def favicon_png() -> bytes:
+    """A 32x32 icon drawn here: a white 7 on the drawing pad's black, as a PNG."""
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    ImageDraw.Draw(image).line([(8, 8), (24, 8), (14, 26)], fill=(255, 255, 255), width=4, joint="curve")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def model_summary(run: RunFolder, name: str, model: Any) -> dict[str, Any]:
@@ -201,6 +327,34 @@ def app_from_environment() -> FastAPI:
     return create_app(Path(settings.pop("run_dir")), BatchingSettings(**settings))
 
 
+def check_address_free(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (SO_REUSEADDR), then let go: a taken port is one
+    clear line before anything is announced, not uvicorn's errno after the models load."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise ConfigError(f"cannot listen on {host}: no such address; choose another with --host") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use: stop what uses it or choose another with --port"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise ConfigError(
+                f"port {port} on {host} needs administrator rights (ports below 1024 do): choose another with --port"
+            ) from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"{host} is not an address of this machine: choose another with --host (127.0.0.1 or 0.0.0.0)"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host} port {port} ({error.strerror}): choose another with --port"
+        ) from None
+
+
 def serve(run_dir: Path, server: ServerSettings | None = None, settings: BatchingSettings | None = None) -> None:
     """Serve the page and the API; ``server.workers`` > 1 runs that many processes on one port."""
     import uvicorn
@@ -209,6 +363,7 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
     host, port, workers = server.host, server.port, server.workers
 
     RunFolder.existing(run_dir).trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
+    check_address_free(host, port)  # Announce no server that cannot be there.
     print(f"mnist-cnn: serving {run_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", flush=True)
     if workers == 1:
         uvicorn.run(create_app(run_dir, settings), host=host, port=port, log_level="warning")
