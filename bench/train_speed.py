@@ -13,6 +13,11 @@ pair, and so on, so drift on a shared machine hits both paths alike. Each proces
 the others give the median seconds per epoch. Each round uses its own seed (round
 number), and the test accuracy after the last epoch is compared across seeds.
 
+The "% of peak" divides the FLOPs an epoch needs (``flops_per_image``, an upper bound) by
+the CPU's arithmetic float32 peak: logical CPUs x clock x FLOP per cycle per core, read from
+the CPU's flags (``flops_per_cycle``: 32 for AVX2, 64 for AVX-512, assuming two FMA units);
+the table says which it assumed.
+
 Usage: python bench/train_speed.py [--rounds 3] [--epochs 3] [--json results.json]
 """
 
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 
 SPEC_EPOCHS = 60
-FLOPS_PER_FMA_CYCLE_PER_CORE = 32  # AVX2: 2 FMA units x 8 float32 lanes x 2 FLOP.
+TRAINING_IMAGES = 54000  # One epoch: the 60,000 training images less the 6,000 held out.
 
 
 def flops_per_image(filters: int) -> float:
@@ -39,18 +44,67 @@ def flops_per_image(filters: int) -> float:
     return 3 * (conv + dense)
 
 
-def peak_flops() -> float:
-    """Arithmetic peak of this CPU in float32 FLOP/s (cores x 32 FLOP/cycle x clock)."""
+def flops_per_cycle(flags: list[str] | set[str]) -> tuple[int, str]:
+    """float32 FLOP one core can do per cycle, from the CPU's flags, and the assumption in words.
+
+    The widest vector extension sets the lanes; two FMA units per core (2 FLOP each per lane)
+    are assumed from AVX2 on, as on Intel cores since Haswell and AMD since Zen 2 (Zen 1: 16).
+    For AVX-512 that is 2 x 16 x 2 = 64, true of Xeons with two 512-bit FMA units and of
+    Zen 5; Zen 4 (512-bit work on 256-bit units) and Intel cores with one 512-bit FMA unit do
+    32, and there the % of peak printed is half the real one. The flags cannot tell them apart.
+    """
+    flags = set(flags)
+    if "avx512f" in flags:
+        return 64, "AVX-512: 2 FMA units x 16 float32 lanes x 2 FLOP; half that on Zen 4 and one-FMA-unit Intel cores"
+    if "avx2" in flags and "fma" in flags:
+        return 32, "AVX2: 2 FMA units x 8 float32 lanes x 2 FLOP"
+    if "avx" in flags:
+        return 16, "AVX, no FMA: 1 add + 1 multiply unit x 8 float32 lanes"
+    if "asimd" in flags:  # 64-bit Arm: NEON, 128-bit.
+        return 16, "Arm NEON: 2 FMA units x 4 float32 lanes x 2 FLOP"
+    return 8, "SSE: 1 add + 1 multiply unit x 4 float32 lanes"
+
+
+def cpu_flags_and_megahertz(path: str = "/proc/cpuinfo") -> tuple[list[str], float | None]:
+    """The first core's flags (x86 "flags", Arm "Features") and clock, from /proc/cpuinfo."""
+    flags: list[str] = []
     megahertz = None
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("cpu MHz"):
-                    megahertz = float(line.split(":")[1])
-                    break
-    except OSError:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features") and not flags:
+                    flags = value.split()
+                elif key.strip() == "cpu MHz" and megahertz is None:
+                    megahertz = float(value)
+    except (OSError, ValueError):
         pass
-    return (os.cpu_count() or 1) * FLOPS_PER_FMA_CYCLE_PER_CORE * (megahertz or 2500.0) * 1e6
+    return flags, megahertz
+
+
+def peak(cores: int, megahertz: float, flags: list[str] | set[str]) -> dict:
+    """Arithmetic float32 peak (cores x clock x FLOP per cycle) and what it assumed."""
+    per_cycle, vector = flops_per_cycle(flags)
+    return {
+        "peak_gflops": cores * megahertz * 1e6 * per_cycle / 1e9,
+        "cores": cores,
+        "megahertz": megahertz,
+        "flops_per_cycle_per_core": per_cycle,
+        "assumption": f"{cores} CPUs x {megahertz / 1000:.2f} GHz x {per_cycle} FLOP/cycle ({vector})",
+    }
+
+
+def this_cpus_peak() -> dict:
+    flags, megahertz = cpu_flags_and_megahertz()
+    result = peak(os.cpu_count() or 1, megahertz or 2500.0, flags)
+    if megahertz is None:
+        result["assumption"] += "; clock not found, 2.5 GHz assumed"
+    return result
+
+
+def fraction_of_peak(seconds_per_epoch: float, filters: int, peak_gflops: float) -> float:
+    """The share of the arithmetic peak one epoch's training used (see flops_per_image)."""
+    return TRAINING_IMAGES * flops_per_image(filters) / seconds_per_epoch / (peak_gflops * 1e9)
 
 
 # --------------------------------------------------------------------------- child side
@@ -141,8 +195,8 @@ def measure(path: str, model_key: str, epochs: int, seed: int) -> dict:
 
 
 def summarize(results: list[dict], epochs: int) -> dict:
-    peak = peak_flops()
-    summary: dict = {"peak_gflops": peak / 1e9, "models": {}}
+    cpu = this_cpus_peak()
+    summary: dict = {"peak_gflops": cpu["peak_gflops"], "peak": cpu, "models": {}}
     totals = {"reference": 0.0, "project": 0.0}
     for key, filters in (("A", 32), ("B", 64)):
         row = {}
@@ -154,8 +208,8 @@ def summarize(results: list[dict], epochs: int) -> dict:
             row[path] = {
                 "seconds_per_epoch_median": median,
                 "first_epoch_seconds": statistics.median(r["seconds"][0] for r in runs),
-                "images_per_second": 54000 / median,
-                "fraction_of_peak": 54000 * flops_per_image(filters) / median / peak,
+                "images_per_second": TRAINING_IMAGES / median,
+                "fraction_of_peak": fraction_of_peak(median, filters, cpu["peak_gflops"]),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
                 "test_accuracy_mean": statistics.mean(accuracies),
                 "test_accuracy_stdev": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
@@ -175,13 +229,14 @@ def summarize(results: list[dict], epochs: int) -> dict:
 
 
 def print_summary(summary: dict, rounds: int, epochs: int) -> None:
+    cpu = summary["peak"]
     print(
         f"\nPer model ({rounds} seeds x {epochs - 1} timed epochs each path; "
-        f"peak {summary['peak_gflops']:.0f} GFLOP/s):"
+        f"peak {cpu['peak_gflops']:.0f} GFLOP/s = {cpu['assumption']}):"
     )
     print(
-        "| model | path | s/epoch (median) | first epoch s | images/s | % of peak | peak RSS MiB "
-        "| test acc (mean ± sd) |"
+        f"| model | path | s/epoch (median) | first epoch s | images/s "
+        f"| % of peak ({cpu['flops_per_cycle_per_core']} FLOP/cycle/core) | peak RSS MiB | test acc (mean ± sd) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, row in summary["models"].items():

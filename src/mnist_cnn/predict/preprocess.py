@@ -25,6 +25,8 @@ FRAME = 28
 INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel counts as ink.
 WORKING_SIDE = 512  # Larger images are shrunk to this (longer side) before anything else.
 RULED_LINE_THICKNESS = 0.03  # Lines of ruled paper: at most this fraction of the image thick.
+BACKGROUND_SIDE = 32  # The background (paper, lamp light, shadows) is estimated on a copy this size.
+SPECKLE_SIDE = 64  # From this size (shorter side) up, a lone strong pixel is noise, not a stroke.
 
 
 def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
@@ -46,9 +48,10 @@ def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
         image.load()
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise ImageInputError(
-            f"{name}: not a readable image ({error.__class__.__name__}); use PNG, JPEG, BMP, GIF or WebP"
+            f"{name}: not a readable image (the file is damaged or is not a picture); "
+            "use a PNG, JPEG, BMP, GIF or WebP file"
         ) from None
     if image.width == 0 or image.height == 0:
         raise ImageInputError(f"{name}: image has no pixels")
@@ -79,32 +82,96 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 def ink_map(gray: np.ndarray) -> np.ndarray:
     """Ink in [0, 1] on a 0 background: inverted when the digit is dark on light.
 
-    The polarity comes from the median of the border pixels (a digit rarely touches all four
-    edges). The background is then estimated locally, so a shadow or a lamp's gradient across
-    a photo is not taken for ink; and lines of ruled paper are removed.
+    The background (paper, board or screen) is estimated on a small copy of the image, so
+    that a lamp's gradient across the whole sheet, or a shadow across part of it, is not
+    taken for ink: the polarity is decided against a smooth surface fitted to the border
+    (``dark_on_light``), not a fixed grey level, and ink is measured against the paper's
+    brightness at each spot (``local_background``). Lines of ruled paper are then removed.
     """
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
-    if background > 0.5:
-        gray = 1.0 - gray
-    local = local_background(gray)
+    small = _shrunk(gray, BACKGROUND_SIDE)
+    if dark_on_light(small):
+        gray, small = 1.0 - gray, 1.0 - small
+    local = local_background(gray, small)
     # Ink relative to the paper's own brightness at that spot: under dim light the paper and
     # the ink both darken, and their ratio stays (for ink dark on light paper, exactly).
     ink = np.clip((gray - local) / np.maximum(1.0 - local, 0.05), 0.0, 1.0)
     return remove_ruled_lines(ink)
 
 
-def local_background(gray: np.ndarray) -> np.ndarray:
-    """The slowly varying background under bright ink, on windows wider than a stroke (a
-    quarter of the image), computed on a 32-pixel copy for speed."""
-    small = np.asarray(Image.fromarray(gray, mode="F").resize(_fit(gray.shape, 32), Image.Resampling.BILINEAR))
-    window = max(3, max(small.shape) // 4)
-    # An opening (minimum, then maximum) removes every bright stroke narrower than the window
-    # and keeps a gradient as it is; a small blur softens its steps.
-    opened = ndimage.grey_opening(small, size=(window, window), mode="nearest")
-    smooth = ndimage.uniform_filter(opened, size=3, mode="nearest")
+def _shrunk(gray: np.ndarray, side: int) -> np.ndarray:
+    """A float32 copy of ``gray`` whose longer side is at most ``side`` (area-averaged)."""
     return np.asarray(
-        Image.fromarray(smooth.astype(np.float32), mode="F").resize(gray.shape[::-1], Image.Resampling.BILINEAR),
+        Image.fromarray(gray, mode="F").resize(_fit(gray.shape, side), Image.Resampling.BILINEAR), dtype=np.float32
+    )
+
+
+def paper_surface(small: np.ndarray) -> tuple[np.ndarray, float]:
+    """A smooth surface (quadratic in x and y) fitted to the border of ``small``, and the
+    spread of the border about it.
+
+    The border is the paper (a digit rarely touches all four edges), and a lamp's light
+    varies smoothly across a sheet, so the surface is the paper's brightness under that
+    light, extended over the image. A trimmed fit: the 30 % of border pixels farthest from
+    the surface (where the digit or a line touches an edge) are left out, three times over.
+    """
+    height, width = small.shape
+    v, u = np.meshgrid(np.linspace(-1.0, 1.0, height), np.linspace(-1.0, 1.0, width), indexing="ij")
+    design = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=-1)
+    ring = np.zeros(small.shape, dtype=bool)
+    ring[[0, -1], :] = ring[:, [0, -1]] = True
+    samples, values = design[ring], small[ring].astype(np.float64)
+    keep = np.ones(values.shape, dtype=bool)
+    for _ in range(4):
+        coefficients = np.linalg.lstsq(samples[keep], values[keep], rcond=None)[0]
+        residuals = np.abs(values - samples @ coefficients)
+        keep = residuals <= np.quantile(residuals, 0.7)
+    spread = 1.4826 * float(np.median(residuals))  # A standard deviation, from the median.
+    return (design @ coefficients).astype(np.float32), spread
+
+
+def dark_on_light(small: np.ndarray) -> bool:
+    """Whether the digit is darker than its background: the sign of the strongest departures
+    from the paper's surface (``paper_surface``), beyond its noise.
+
+    Not a fixed grey level: white paper in dim light, or far from a lamp, can be darker than
+    mid-grey and still be the lighter side of a dark digit. An image with no departure at
+    all (blank) is dark on light when its border is lighter than mid-grey.
+    """
+    paper, spread = paper_surface(small)
+    departure = small - paper
+    margin = 3.0 * spread + 2.0 / 255.0
+    darker = float(np.square(np.clip(-departure - margin, 0.0, None)).sum())
+    lighter = float(np.square(np.clip(departure - margin, 0.0, None)).sum())
+    if darker == lighter:
+        border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+        return float(np.median(border)) > 0.5
+    return darker > lighter
+
+
+def local_background(gray: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
+    """The slowly varying background under bright ink, on windows wider than a stroke (a
+    quarter of the image), computed on ``small``, a copy at most BACKGROUND_SIDE pixels.
+
+    An opening (minimum, then maximum) removes every bright stroke narrower than the window
+    and keeps a gradient as it is, up to the edges: the copy is first extended by a window's
+    width of its own edge values, so that the darkest corner of a sheet is not under-estimated
+    (and taken for ink) for want of a window that fits inside the image there.
+    """
+    if small is None:
+        small = _shrunk(gray, BACKGROUND_SIDE)
+    window = max(3, max(small.shape) // 4)
+    extended = np.pad(small, window, mode="edge")
+    opened = ndimage.grey_opening(extended, size=(window, window))[window:-window, window:-window]
+    # A small blur softens the opening's steps. The background is smooth, so it goes on in a
+    # straight line past the edges (two pixels, then one after the blur): the blur and the
+    # enlargement back to full size then follow a gradient up to the edge instead of levelling
+    # off half a pixel of the copy (8 pixels of a 512-pixel image) before it.
+    smooth = ndimage.uniform_filter(np.pad(opened, 2, mode="reflect", reflect_type="odd"), size=3)[1:-1, 1:-1]
+    height, width = opened.shape
+    return np.asarray(
+        Image.fromarray(smooth.astype(np.float32), mode="F").resize(
+            gray.shape[::-1], Image.Resampling.BILINEAR, box=(1, 1, width + 1, height + 1)
+        ),
         dtype=np.float32,
     )
 
@@ -148,7 +215,7 @@ def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
     ink = ink_map(to_grayscale(image))
     if ink.max() < 0.15:
         raise ImageInputError(f"{name}: the image is blank (no ink found); draw or photograph a digit")
-    strong = ink > INK_THRESHOLD * ink.max()
+    strong = strong_ink(ink)
     rows = np.flatnonzero(strong.any(axis=1))
     columns = np.flatnonzero(strong.any(axis=0))
     cropped = ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
@@ -160,6 +227,25 @@ def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
     )
     resized = np.clip(resized, 0.0, 1.0)
     return centre_by_mass(resized)
+
+
+def strong_ink(ink: np.ndarray) -> np.ndarray:
+    """The pixels the crop keeps: above INK_THRESHOLD of the strongest ink, and not alone.
+
+    Ink is measured relative to the paper, so where the paper is dark (far from the lamp)
+    the sensor's and JPEG's noise is magnified with it, and a stray pixel there would stretch
+    the crop to a corner. In an image of SPECKLE_SIDE pixels or more a stroke is wider than
+    one pixel, so a strong pixel with fewer than two strong neighbours is noise; smaller
+    images are cropped to every strong pixel.
+    """
+    strong = ink > INK_THRESHOLD * ink.max()
+    if min(ink.shape) < SPECKLE_SIDE:
+        return strong
+    padded = np.pad(strong, 1).view(np.uint8)
+    rows = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
+    in_square = rows[:-2] + rows[1:-1] + rows[2:]  # Strong pixels in each 3x3 square.
+    kept = strong & (in_square >= 3)  # Itself and at least two of its eight neighbours.
+    return kept if kept.any() else strong
 
 
 def centre_by_mass(digit: np.ndarray) -> np.ndarray:
