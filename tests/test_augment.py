@@ -75,6 +75,7 @@ def test_bad_strengths_are_refused() -> None:
         Augmentation(blur_probability=2)
 
 
+@pytest.mark.slow
 def test_an_augmented_run_records_it_trains_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     arguments = ["experiment", "--augment", "--models", "A", "--limit", "256", "--epochs", "2", "--seed", "3"]
     straight = tmp_path / "straight"

@@ -81,6 +81,7 @@ def test_train_is_experiment_with_one_model(tmp_path: Path) -> None:
     assert "Model_B epoch   1/1" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_model_fit_path_on_tensorflow_runs_and_stays_quiet(tmp_path: Path) -> None:
     """Another backend needs another process. TF_ENABLE_ONEDNN_OPTS=1 makes TensorFlow log on
     import on any CPU (as it does by itself on AVX-512 ones): none of it may reach the user."""
@@ -172,6 +173,7 @@ def test_a_failed_start_leaves_no_run_folder_behind(tmp_path: Path) -> None:
         assert not (tmp_path / "run").exists(), arguments
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_a_bad_input_in_a_real_process_prints_only_its_one_line(backend: str, tmp_path: Path) -> None:
     """What the user sees in a terminal: the one line, and no TensorFlow log lines before it

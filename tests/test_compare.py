@@ -200,6 +200,7 @@ def straight_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sweep: Path) -> None:
     sweep = SweepFolder.existing(straight_sweep)
     statistics = SweepStatistics.from_json(sweep.read_statistics())
@@ -228,6 +229,7 @@ def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sw
             image.verify()
 
 
+@pytest.mark.slow
 def test_sweep_report_shows_the_verdict_and_links_every_seeds_report(straight_sweep: Path) -> None:
     from .test_report import assert_offline, decoded_images, parse
 
@@ -244,6 +246,7 @@ def test_sweep_report_shows_the_verdict_and_links_every_seeds_report(straight_sw
         assert {"data", "mistakes", "predictions"} <= parse(straight_sweep / link).ids
 
 
+@pytest.mark.slow
 def test_a_trial_equals_the_same_experiment_run_alone(straight_sweep: Path, tmp_path: Path) -> None:
     """A trial is an ordinary run: single-threaded in a Ray worker, it learns exactly what
     `mnist-cnn experiment --seed 1` learns in this process."""
@@ -260,6 +263,7 @@ def test_a_trial_equals_the_same_experiment_run_alone(straight_sweep: Path, tmp_
             )
 
 
+@pytest.mark.slow
 def test_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(straight_sweep: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "mnist_cnn.cli", "compare", "--seeds", str(len(SWEEP_SEEDS))]
@@ -300,6 +304,7 @@ def test_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(straigh
         )
 
 
+@pytest.mark.slow
 def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
@@ -315,6 +320,7 @@ def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None
     assert len(nodes) == 2, statistics.trials  # One CPU a node, two trials at once: one on each.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

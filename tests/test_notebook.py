@@ -75,6 +75,7 @@ def test_committed_notebook_is_valid_and_clean() -> None:
         assert name in parameters
 
 
+@pytest.mark.slow
 def test_notebook_runs_with_injected_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nbclient import NotebookClient
 

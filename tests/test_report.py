@@ -248,6 +248,7 @@ def test_report_of_a_missing_folder_is_one_line_and_exit_code_2(tmp_path: Path) 
     assert "does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [390, 1280])
 def test_chromium_shows_every_image_without_errors_and_fits_a_phone(smoke_run: Path, width: int) -> None:
     if not Path(CHROMIUM).exists():

@@ -70,6 +70,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_then_resume_equals_a_straight_run(tmp_path: Path, straight_run: Path, point: str) -> None:
     run_dir = tmp_path / "run"
@@ -82,6 +83,7 @@ def test_sigkill_then_resume_equals_a_straight_run(tmp_path: Path, straight_run:
     assert_same_result(run_dir, straight_run)
 
 
+@pytest.mark.slow
 def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_checkpoint(
     tmp_path: Path, straight_run: Path
 ) -> None:
@@ -147,6 +149,7 @@ def test_rerunning_into_a_finished_run_keeps_it_and_other_settings_are_refused(
     assert "epochs 4 -> 5" in other.stderr and "--resume" in other.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_no_half_written_file(tmp_path: Path) -> None:
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
@@ -165,6 +168,7 @@ def test_a_full_disk_gives_one_line_and_no_half_written_file(tmp_path: Path) -> 
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
+@pytest.mark.slow
 def test_the_model_fit_trainer_resumes_exactly_too(tmp_path: Path) -> None:
     """TensorFlow's model.fit path: killed in a checkpoint write, resumed, equal to a straight run."""
     arguments = ["train", "--model", "A", "--backend", "tensorflow", "--limit", "320", "--epochs", "4", "--seed", "5"]
