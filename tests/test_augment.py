@@ -25,6 +25,7 @@ def digits() -> np.ndarray:
     return load_mnist("bundled", limit=64).X_train[:16]
 
 
+@pytest.mark.slow
 def test_augmentation_is_seeded_bounded_and_changes_the_images(digits: np.ndarray) -> None:
     compiled = jax.jit(augment_batch, static_argnums=2)
     first = np.asarray(compiled(digits, batch_key(1, 0, 0), Augmentation()))
@@ -46,11 +47,13 @@ def centre_of_mass(images: np.ndarray) -> np.ndarray:
     return np.stack([(ink * rows).sum(axis=(1, 2)) / total, (ink * columns).sum(axis=(1, 2)) / total], axis=1)
 
 
+@pytest.mark.slow
 def test_zero_strength_leaves_the_images_as_they_are(digits: np.ndarray) -> None:
     unchanged = np.asarray(jax.jit(augment_batch, static_argnums=2)(digits, batch_key(3, 2, 1), ZERO))
     np.testing.assert_allclose(unchanged, digits, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_epoch_is_redrawn_chunk_by_chunk_from_its_own_keys(digits: np.ndarray, monkeypatch) -> None:
     """augment_epoch: chunk c from batch_key(seed, epoch, c), whatever the chunk's length."""
     from mnist_cnn.data import augment
@@ -102,6 +105,7 @@ def test_an_augmented_run_records_it_trains_and_resumes_exactly(tmp_path: Path, 
         np.testing.assert_array_equal(got_weights, want_weights)
 
 
+@pytest.mark.slow
 def test_both_trainers_train_the_same_augmented_model() -> None:
     import keras
 

@@ -102,8 +102,8 @@ def test_the_experiment_writes_a_complete_self_contained_report(smoke_run: Path)
     page = parse(report)
     assert set(RUN_SECTIONS) <= page.ids
     assert_offline(report, page)
-    # Samples, the overlay, each model's curves, confusion matrix and mistakes, X_test[0..2].
-    assert len(decoded_images(page)) == 1 + 1 + 2 + 2 + 2 + 3
+    # Samples, the overlay's two panels, each model's two curves, confusion matrix and mistakes, X_test[0..2].
+    assert len(decoded_images(page)) == 1 + 2 + 2 * 2 + 2 + 2 + 3
     text = " ".join(" ".join(page.text).split())
     for name in ("Model_A", "Model_B"):
         metrics = RunFolder(smoke_run).model(name).read_metrics()
@@ -239,7 +239,8 @@ def test_a_folder_without_its_models_gets_a_report_of_what_it_has(smoke_run: Pat
     assert text.count("Missing: model.keras") == 2
     assert "Needs the trained model" in text
     assert "top 3 digits only" in text  # X_test[0..2] from the predictions the run saved.
-    assert len(decoded_images(page)) == 1 + 1 + 2 + 3  # Samples, curves, X_test[0..2]: what the folder still has.
+    # Samples, the overlay's and each model's two curve panels, X_test[0..2]: what the folder still has.
+    assert len(decoded_images(page)) == 1 + 2 + 2 * 2 + 3
 
 
 def test_report_of_a_missing_folder_is_one_line_and_exit_code_2(tmp_path: Path) -> None:

@@ -99,6 +99,7 @@ def test_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_checkpoint
     assert_same_result(run_dir, straight_run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real SIGINT, delivered right after Model_A's second checkpoint."""
     run_dir = tmp_path / "run"
@@ -119,6 +120,7 @@ def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path: Path, monkeypat
     assert "interrupted and resumed (Model_A resumed after epoch 2)" in (run_dir / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -136,6 +138,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path: Pat
     assert not (run_dir / "run.lock").exists()
 
 
+@pytest.mark.slow
 def test_rerunning_into_a_finished_run_keeps_it_and_other_settings_are_refused(
     straight_run: Path, tmp_path: Path
 ) -> None:

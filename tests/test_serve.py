@@ -56,12 +56,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run: Path):
+def server(smoke_run: Path):
     """The real app, served by uvicorn on a loopback port in a background thread."""
     from mnist_cnn.serve.app import create_app
 
     port = free_port()
-    config = uvicorn.Config(create_app(trained_run), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(smoke_run), host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -91,7 +91,7 @@ def test_models_endpoint_and_openapi(server: str) -> None:
     assert httpx.get(f"{server}/docs").status_code == 200
 
 
-def test_predict_answers_for_every_model_as_the_library_does(server: str, trained_run: Path) -> None:
+def test_predict_answers_for_every_model_as_the_library_does(server: str, smoke_run: Path) -> None:
     font = fonts()[0]
     response = httpx.post(
         f"{server}/api/predict", content=font_digit(3, font, dark_on_light=True), headers={"Content-Type": "image/png"}
@@ -110,7 +110,7 @@ def test_predict_answers_for_every_model_as_the_library_does(server: str, traine
     from mnist_cnn.store.runs import RunFolder
 
     digit = prepare_digit(read_image_bytes(font_digit(3, font, dark_on_light=True)))
-    expected = predict_digit(RunFolder(trained_run).load_models(), digit)
+    expected = predict_digit(RunFolder(smoke_run).load_models(), digit)
     for name, answer in result["predictions"].items():
         assert answer["digit"] == expected[name].digit
         np.testing.assert_allclose(answer["probabilities"], expected[name].probabilities, atol=1e-6)
@@ -164,7 +164,7 @@ MALFORMED = [
 ]
 
 
-def test_32_concurrent_clients_get_every_answer_right_and_no_5xx(server: str, trained_run: Path) -> None:
+def test_32_concurrent_clients_get_every_answer_right_and_no_5xx(server: str, smoke_run: Path) -> None:
     """A classroom at once: 32 clients x 20 requests, real digits interleaved with malformed bodies.
 
     Every good request is answered with what a serial prediction of the same image gives."""
@@ -173,7 +173,7 @@ def test_32_concurrent_clients_get_every_answer_right_and_no_5xx(server: str, tr
     from mnist_cnn.store.runs import RunFolder
 
     uploads = [mnist_upload(index, ("PNG", "JPEG")[index % 2], dark_on_light=index % 4 < 2) for index in range(24)]
-    models = RunFolder(trained_run).load_models()
+    models = RunFolder(smoke_run).load_models()
     expected = [predict_digit(models, prepare_digit(read_image_bytes(upload))) for upload in uploads]
     outcomes: list[tuple[int, int, dict | None]] = []  # (what was sent, status, answer)
     lock = threading.Lock()
@@ -229,7 +229,7 @@ def test_health_and_readiness(server: str) -> None:
     assert ready.json()["models"] == ["Model_A", "Model_B"]
 
 
-def test_a_full_queue_answers_503_with_retry_after(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Back-pressure: a slow worker with a queue of 2 refuses the rest at once, and recovers."""
     from fastapi.testclient import TestClient
 
@@ -248,7 +248,7 @@ def test_a_full_queue_answers_503_with_retry_after(trained_run: Path, monkeypatc
         return forward
 
     monkeypatch.setattr(batching, "compiled_forward", slow_forward)
-    app = create_app(trained_run, BatchingSettings(max_batch=1, queue_size=2))
+    app = create_app(smoke_run, BatchingSettings(max_batch=1, queue_size=2))
     upload = mnist_upload(2, "PNG", dark_on_light=False)
     statuses: list[int] = []
     with TestClient(app) as http:
@@ -272,6 +272,7 @@ def test_a_full_queue_answers_503_with_retry_after(trained_run: Path, monkeypatc
         assert http.post("/api/predict", content=upload).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) -> None:
     """Digits rendered from fonts, dark on light and light on dark: no MNIST image among them.
 

@@ -19,9 +19,11 @@ import math
 import os
 import platform
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from mnist_cnn.core.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig, SweepConfig
@@ -144,7 +146,12 @@ def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
 
 
 def start_ray(address: str | None) -> Any:
-    """Join the cluster at ``address``, or start a local Ray that ends with this process."""
+    """Join the cluster at ``address``, or start a local Ray that ends with this process.
+
+    The local Ray is always a new one (``address="local"``): every ``ray start`` leaves its
+    address in Ray's temp folder (``/tmp/ray/ray_current_cluster``), kept after a stop that
+    was not ``ray stop``, and a plain ``ray.init()`` would take it for a cluster to join.
+    """
     import logging
 
     import ray
@@ -156,18 +163,38 @@ def start_ray(address: str | None) -> Any:
         "configure_logging": True,
     }
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), **options)
+        ray.init(address="local", num_cpus=os.cpu_count(), **options)
         return ray
+    address = resolve_address(address)
     check_reachable(address)
+    if not address.startswith("ray://"):
+        use_auth_settings(ray, auth_settings(address))
     try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+        with stderr_kept_back():  # Ray's C++ core warns on file descriptor 2 while it retries.
+            ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         raise ConfigError(
             f"cannot join the Ray cluster at {address}: {first_line}; start one with 'ray start --head' "
             "or leave out --ray-address to run locally"
         ) from None
     return ray
+
+
+def resolve_address(address: str) -> str:
+    """``auto``: the cluster ``ray start`` last started or joined on this machine (or RAY_ADDRESS)."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        with stderr_kept_back():  # Ray warns there when it finds several clusters, and takes the last one.
+            return canonicalize_bootstrap_address("auto") or address
+    except (ConnectionError, ValueError):
+        raise ConfigError(
+            "--ray-address auto found no Ray cluster on this machine; start one with 'ray start --head', "
+            "give its HOST:PORT, or leave out --ray-address to run locally"
+        ) from None
 
 
 def check_reachable(address: str) -> None:
@@ -184,6 +211,127 @@ def check_reachable(address: str) -> None:
             f"no Ray cluster answers at {address} ({error.strerror or error}); start one with 'ray start --head' "
             "or leave out --ray-address to run locally"
         ) from None
+
+
+# ---------------------------------------------------------------- token authentication
+
+# A Ray head started by `ray start --head` requires a token when the machine has one
+# (~/.ray/auth_token, which any local ray.init() writes), but a process that joins it by
+# address does not send one unless RAY_AUTH_MODE=token. Asking the head first, in a separate
+# process, turns a refusal into one line instead of a minute of Ray's retries and warnings.
+AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_FILE = "~/.ray/auth_token"
+PRINTS_TOKEN = "'ray get-auth-token' on the head prints it"
+SHARE_TOKEN = (
+    f"copy the head's {TOKEN_FILE} to this machine (or set RAY_AUTH_TOKEN to the head's token: {PRINTS_TOKEN})"
+)
+
+# Whether the head at sys.argv[1] takes this process's credentials: exit 0 yes, 3 no.
+HEAD_PROBE = """
+import sys
+import ray._raylet
+from ray.exceptions import AuthenticationError
+try:
+    ray._raylet.GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    sys.exit(3)
+"""
+PROBE_TIMEOUT_S = 30.0
+REFUSED = 3
+
+
+def auth_settings(address: str) -> dict[str, str]:
+    """The environment this process needs to join the head at ``address``: ``{}`` or token mode.
+
+    The head is asked as Ray's default (no token) would, and when it wants a token, with the
+    token this machine has. A RAY_AUTH_MODE of the user's is kept, and checked the same way.
+    """
+    chosen = os.environ.get(AUTH_MODE)
+    if (chosen is None or chosen.lower() != "token") and head_accepts(address, {}):
+        return {}
+    if chosen is not None and chosen.lower() != "token":
+        raise ConfigError(
+            f"the Ray cluster at {address} requires a token, which {AUTH_MODE}={chosen} here does not send: "
+            f"unset {AUTH_MODE} and {SHARE_TOKEN}"
+        )
+    source = token_source()
+    if source is None:
+        # With RAY_AUTH_MODE=token and no token, Ray refuses to join any cluster.
+        raise ConfigError(f"the Ray cluster at {address} requires its token and this machine has none: {SHARE_TOKEN}")
+    settings = {} if chosen else {AUTH_MODE: "token"}
+    if not head_accepts(address, settings):
+        raise ConfigError(f"the Ray cluster at {address} refused the token in {source[0]}: {source[1]}")
+    return settings
+
+
+def token_source() -> tuple[str, str] | None:
+    """Where Ray takes the token from (Ray's order) and how to put the head's there; None: no token here."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN", f"set it to the head's token ({PRINTS_TOKEN})"
+    if "RAY_AUTH_TOKEN_PATH" in os.environ:
+        path = os.path.expanduser(os.environ["RAY_AUTH_TOKEN_PATH"])
+        if not (os.path.isfile(path) and os.path.getsize(path) > 0):
+            # Ray's C++ core aborts the process on it: say it first.
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH names {path}, which is missing or empty; unset it or fix it")
+        return f"RAY_AUTH_TOKEN_PATH ({path})", f"put the head's token in that file ({PRINTS_TOKEN})"
+    path = os.path.expanduser(TOKEN_FILE)
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        return (
+            path,
+            f"replace it with the head's {TOKEN_FILE} (or set RAY_AUTH_TOKEN to the head's token: {PRINTS_TOKEN})",
+        )
+    return None
+
+
+def head_accepts(address: str, settings: dict[str, str]) -> bool:
+    """Ask the head's GCS, from a new process with ``settings`` added to the environment."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", HEAD_PROBE, address],
+            env={**os.environ, **settings},
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"{address} answers but no Ray head replied there within {PROBE_TIMEOUT_S:.0f} seconds; "
+            "give the port of 'ray start --head' (6379 unless --port)"
+        ) from None
+    if probe.returncode not in (0, REFUSED):
+        lines = [line for line in probe.stderr.strip().splitlines() if line.strip()]
+        raise ConfigError(
+            f"cannot join the Ray cluster at {address}: {lines[-1] if lines else f'exit {probe.returncode}'}"
+        )
+    return probe.returncode == 0
+
+
+def use_auth_settings(ray: Any, settings: dict[str, str]) -> None:
+    """Put ``settings`` into this process's environment, and make Ray, already imported, read them again."""
+    if not settings:
+        return
+    os.environ.update(settings)
+    ray._raylet.Config.initialize("")  # As Ray's own ray.init() does when it turns token mode on.
+    ray._raylet.AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def stderr_kept_back() -> Iterator[None]:
+    """File descriptor 2 into a temporary file for the block: Ray's C++ core writes its log
+    lines there directly, past ``sys.stderr``. What the block raises says what went wrong."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # No stderr at all: nothing to keep back.
+        yield
+        return
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def largest_node_cpus(ray: Any) -> int:
