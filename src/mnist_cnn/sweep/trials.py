@@ -1,7 +1,7 @@
 """``mnist-cnn compare --seeds N``: the experiment once per seed, run as Ray tasks, then statistics.
 
 One *trial* is one seed: every requested model trained with that seed, one after the other,
-in one Ray task on one node, so the B/A time ratio is paired on the same hardware. A trial is
+in one Ray task on one node, so time ratios between models are paired on the same hardware. A trial is
 an ordinary ``run_experiment`` into ``seed-<n>/`` and resumes from its checkpoints like any
 run. Ray core tasks (not Ray Tune) because a trial is a fixed job, not a search: Tune's
 schedulers, searchers and its own result folders would add nothing but a second layout.
