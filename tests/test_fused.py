@@ -1,8 +1,6 @@
 """The fused JAX trainer computes the same model, the same loss and the same gradients as Keras,
 for every spec it accepts, and refuses, before any data loads, what it does not compute."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import keras
@@ -119,16 +117,9 @@ def test_fused_and_model_fit_reach_the_same_weights_for_every_spec(key: str, sma
     assert fused_result.history[0]["loss"] == pytest.approx(keras_result.history[0]["loss"], rel=1e-4)
 
 
-@dataclasses.dataclass(frozen=True)
-class SpecWithDropout(ModelSpec):
-    """A spec with a field the fused trainer does not compute (as a new ModelSpec field would be)."""
-
-    dropout: float = 0.0
-
-
 def test_the_fused_trainer_refuses_a_spec_field_it_does_not_compute(monkeypatch) -> None:
-    plain = SpecWithDropout(key="P", name="Model_P", filters=8)
-    dropping = SpecWithDropout(key="DR", name="Model_DR", filters=8, dropout=0.5)
+    plain = ModelSpec(key="P", name="Model_P", filters=8)
+    dropping = ModelSpec(key="DR", name="Model_DR", filters=8, dropout=0.5)
     assert fused_refusal(plain, "jax") is None  # At its default the field changes nothing.
     assert fused_refusal(dropping, "jax") == "the fused trainer does not compute dropout"
     monkeypatch.setitem(MODEL_VARIANTS, "DR", dropping)
@@ -164,7 +155,7 @@ def test_fused_trainer_refuses_other_backends() -> None:
 def test_a_refused_trainer_stops_the_run_before_anything_is_written(tmp_path, monkeypatch) -> None:
     from mnist_cnn.experiment import run_experiment
 
-    monkeypatch.setitem(MODEL_VARIANTS, "DR", SpecWithDropout(key="DR", name="Model_DR", filters=8, dropout=0.5))
+    monkeypatch.setitem(MODEL_VARIANTS, "DR", ModelSpec(key="DR", name="Model_DR", filters=8, dropout=0.5))
     with pytest.raises(ConfigError, match="does not compute dropout"):
         run_experiment(ExperimentConfig(models=("DR",), trainer="fused", limit=64, epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -31,6 +31,7 @@ from mnist_cnn.core.config import (
     parse_seeds,
 )
 from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.variants import gather_variants
 from mnist_cnn.core.version import version_text
 
 EXIT_BUG = 1
@@ -121,7 +122,28 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
         help="redraw every training image at random each epoch (rotation, scale, shift, slant, elastic "
         "distortion, stroke width, blur, contrast, noise): reads real handwriting better (default: off)",
     )
+    add_variant_flags(parser)
     add_backend_flag(parser)
+
+
+def add_variant_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variants",
+        dest="variant_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a TOML file of model variants, one table each ([F16] then filters = 16); repeatable (default: none)",
+    )
+    parser.add_argument(
+        "--variant",
+        dest="inline_variants",
+        action="append",
+        default=[],
+        metavar="'KEY: field=value, ...'",
+        help="one variant inline, e.g. 'D: filters=32, dropout=0.5'; repeatable (default: none)",
+    )
 
 
 def add_backend_flag(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(train)
 
     add_compare_parser(commands)
+
+    variants = commands.add_parser(
+        "variants", help="the model variants known: built in, and from --variants FILE or --variant"
+    )
+    add_variant_flags(variants)
+    variants.set_defaults(backend=None)
 
     report = commands.add_parser(
         "report", help="write the HTML report (one self-contained page) of a run folder or a compare sweep"
@@ -281,7 +309,9 @@ def add_compare_parser(commands: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig:
+    variants = gather_variants(args.variant_files, args.inline_variants)
     return ExperimentConfig(
+        variants=tuple(spec for spec in variants if spec.key in args.models),  # What the run uses, recorded whole.
         models=args.models,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -295,6 +325,17 @@ def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig
         trainer=args.trainer,
         augmentation=Augmentation() if args.augment else None,
     )
+
+
+def command_variants(args: argparse.Namespace, backend: str) -> int:
+    """The variants known (built in, and those the flags define): key, name, parameters, what differs."""
+    specs = [*MODEL_VARIANTS.values(), *gather_variants(args.variant_files, args.inline_variants)]
+    rows = [(spec.key, spec.name, f"{spec.parameter_count():,}", spec.describe()) for spec in specs]
+    widths = [max(len(row[column]) for row in [("key", "name", "parameters", ""), *rows]) for column in range(3)]
+    print(f"{'key':<{widths[0]}}  {'name':<{widths[1]}}  {'parameters':>{widths[2]}}  differs from Model_A in")
+    for key, name, parameters, description in rows:
+        print(f"{key:<{widths[0]}}  {name:<{widths[1]}}  {parameters:>{widths[2]}}  {description}")
+    return 0
 
 
 def command_experiment(args: argparse.Namespace, backend: str) -> int:
@@ -436,6 +477,7 @@ COMMANDS: dict[str, Any] = {
     "train": command_experiment,
     "compare": command_compare,
     "report": command_report,
+    "variants": command_variants,
     "evaluate": command_evaluate,
     "predict": command_predict,
     "serve": command_serve,

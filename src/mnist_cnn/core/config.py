@@ -50,9 +50,16 @@ class ModelSpec:
     filters: int
     kernel_size: int = 3
     dense_units: tuple[int, ...] = (200, 100)
+    # Dropout rate after the pooling and after each hidden Dense layer; 0: none (the specification).
+    dropout: float = 0.0
+    # The variant's own optimizer and learning rate; None: the run's (--optimizer, --learning-rate).
+    optimizer: str | None = None
+    learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dense_units", tuple(self.dense_units))
+        if not self.key or not self.key.replace("_", "").isalnum() or self.key != self.key.upper():
+            raise ConfigError(f"variant key {self.key!r} must be capital letters, digits and _ (e.g. F16)")
         if not _is_whole(self.filters) or self.filters < 1:
             raise ConfigError(f"{self.name}: filters must be a whole number of at least 1, got {self.filters!r}")
         largest_kernel = INPUT_SHAPE[0] - 1  # The 2x2 pooling needs a convolution output of at least 2x2.
@@ -63,6 +70,68 @@ class ModelSpec:
             )
         if any(not _is_whole(units) or units < 1 for units in self.dense_units):
             raise ConfigError(f"{self.name}: dense_units must be whole numbers of at least 1, got {self.dense_units}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"{self.name}: dropout must be a rate from 0 to below 1, got {self.dropout!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{self.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.learning_rate is not None and (
+            not isinstance(self.learning_rate, (int, float)) or isinstance(self.learning_rate, bool)
+            or not self.learning_rate > 0
+        ):  # fmt: skip
+            raise ConfigError(f"{self.name}: learning_rate must be a positive number, got {self.learning_rate!r}")
+
+    def parameter_count(self) -> int:
+        """Trainable parameters of the built model, from the spec alone (no Keras needed)."""
+        inputs = self.kernel_size * self.kernel_size * INPUT_SHAPE[2]
+        count = self.filters * (inputs + 1)
+        width = self.pooled_size * self.pooled_size * self.filters
+        for units in (*self.dense_units, NUM_CLASSES):
+            count += units * (width + 1)
+            width = units
+        return count
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that differ from Model_A's (the specification's), by name: what a variant states."""
+        reference = ModelSpec(key="A", name="Model_A", filters=32)
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("key", "name") and getattr(self, field.name) != getattr(reference, field.name)
+        }
+
+    def describe(self) -> str:
+        """'filters=16, dropout=0.5': what differs from Model_A, or 'the specification's Model_A'."""
+        changes = self.changes()
+        if not changes:
+            return "the specification's Model_A"
+        shown = {
+            name: ",".join(map(str, value)) if isinstance(value, tuple) else value for name, value in changes.items()
+        }
+        return ", ".join(f"{name}={value}" for name, value in shown.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "dense_units": list(self.dense_units)}
+
+    @classmethod
+    def from_json(cls, document: Any) -> ModelSpec:
+        """A spec from config.json (or a variants file's table): ConfigError naming a bad field."""
+        if not isinstance(document, dict):
+            raise ConfigError(f"a variant must be a table of fields, got {document!r}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            fields = ", ".join(sorted(known - {"key"}))
+            raise ConfigError(f"unknown variant field {unknown[0]!r}: the fields are {fields}")
+        values = dict(document)
+        if "dense_units" in values:
+            units = values["dense_units"]
+            if not isinstance(units, (list, tuple)):
+                raise ConfigError(f"dense_units must be a list of whole numbers such as [200, 100], got {units!r}")
+            values["dense_units"] = tuple(units)
+        try:
+            return cls(**values)
+        except TypeError as error:  # A missing field (key, filters): the dataclass says which.
+            raise ConfigError(f"a variant lacks a field ({error})") from None
 
     @property
     def pooled_size(self) -> int:
@@ -130,6 +199,9 @@ class ExperimentConfig:
     trainer: str = "auto"
     # None: the specification's protocol, training images as they are. --augment sets the defaults.
     augmentation: Augmentation | None = None
+    # Variants beyond the built-in ones that ``models`` names (from --variants FILE or --variant):
+    # recorded whole in config.json, so the run folder rebuilds its models without the file.
+    variants: tuple[ModelSpec, ...] = ()
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -137,6 +209,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["models"] = list(self.models)
+        values["variants"] = [spec.to_json() for spec in self.variants]
+        if not self.variants:
+            del values["variants"]  # Runs without variants keep the config.json layout of before.
         return values
 
     @classmethod
@@ -153,6 +228,8 @@ class ExperimentConfig:
             values["models"] = tuple(values["models"])
         if isinstance(values.get("augmentation"), dict):
             values["augmentation"] = Augmentation(**values["augmentation"])
+        if "variants" in values:
+            values["variants"] = tuple(ModelSpec.from_json(document) for document in values["variants"])
         return cls(**values)
 
     def for_backend(self, backend: str) -> ExperimentConfig:
@@ -168,17 +245,32 @@ class ExperimentConfig:
             )
         return dataclasses.replace(self, backend=backend)
 
+    def known_variants(self) -> dict[str, ModelSpec]:
+        """The built-in variants and this config's own, by key."""
+        return {**MODEL_VARIANTS, **{spec.key: spec for spec in self.variants}}
+
     def model_specs(self) -> list[ModelSpec]:
-        return [MODEL_VARIANTS[key] for key in self.models]
+        known = self.known_variants()
+        return [known[key] for key in self.models]
 
 
 def validate_config(config: ExperimentConfig) -> None:
     """Raise ConfigError with a message a user can act on when a setting is out of range."""
     if not config.models:
         raise ConfigError("no models chosen: use --models A, B or A,B")
+    keys = [spec.key for spec in config.variants]
+    for key in keys:
+        if key in MODEL_VARIANTS:
+            raise ConfigError(f"variant {key!r} clashes with the built-in Model_{key}: give it another key")
+        if keys.count(key) > 1:
+            raise ConfigError(f"variant {key!r} is defined twice")
+    known = config.known_variants()
     for key in config.models:
-        if key not in MODEL_VARIANTS:
-            raise ConfigError(f"unknown model {key!r}: choose from {', '.join(MODEL_VARIANTS)} (e.g. --models A,B)")
+        if key not in known:
+            raise ConfigError(
+                f"unknown model {key!r}: choose from {', '.join(known)} (e.g. --models A,B), "
+                "or define it with --variants FILE or --variant"
+            )
     if len(set(config.models)) != len(config.models):
         raise ConfigError(f"a model is named twice in --models {','.join(config.models)}")
     _require_positive("epochs", config.epochs)

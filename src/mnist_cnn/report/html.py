@@ -383,11 +383,19 @@ def architecture_sentences(specs: list[ModelSpec]) -> list[str]:
     def dense(units: tuple[int, ...]) -> str:
         return " → ".join(f"Dense {count}" for count in units)
 
+    def extras(spec: ModelSpec) -> str:
+        """What a variant sets beyond the layers: dropout, its own optimizer."""
+        parts = [f"dropout {spec.dropout:g}"] if spec.dropout else []
+        if spec.optimizer or spec.learning_rate:
+            rate = spec.learning_rate or "of the run"
+            parts.append(f"optimizer {spec.optimizer or 'of the run'} (learning rate {rate})")
+        return f" ({', '.join(parts)})" if parts else ""
+
     shared = {(spec.kernel_size, spec.dense_units) for spec in specs}
     if len(shared) == 1:
         ((kernel, units),) = shared
-        filters = [f"{spec.name} {spec.filters}" for spec in specs]
-        filters[0] = f"{specs[0].name} has {specs[0].filters} filters"
+        filters = [f"{spec.name} {spec.filters}{extras(spec)}" for spec in specs]
+        filters[0] = f"{specs[0].name} has {specs[0].filters} filters{extras(specs[0])}"
         return [
             f"One builder: Conv2D(filters, {kernel}×{kernel}, stride 1, 'valid', ReLU) → MaxPooling 2×2 → Flatten → "
             f"{dense(units)} → Dense 10 (softmax).",
@@ -398,6 +406,7 @@ def architecture_sentences(specs: list[ModelSpec]) -> list[str]:
         "Dense layers → Dense 10 (softmax).",
         "; ".join(
             f"{spec.name}: {spec.filters} filters of {spec.kernel_size}×{spec.kernel_size}, {dense(spec.dense_units)}"
+            f"{extras(spec)}"
             for spec in specs
         )
         + ".",

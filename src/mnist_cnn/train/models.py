@@ -16,7 +16,8 @@ from mnist_cnn.core.config import INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, Mo
 def build_variant(spec: ModelSpec) -> keras.Model:
     """Conv2D(filters, kernel, stride 1, 'valid') -> MaxPool 2x2 -> Flatten -> Dense... -> softmax.
 
-    Hidden layers use ReLU (the specification names no activation; ReLU is the usual one).
+    Hidden layers use ReLU (the specification names no activation; ReLU is the usual one). With
+    ``spec.dropout``, a Dropout layer follows the pooling and each hidden Dense layer.
     Layer names are fixed ("conv", "pool", "flatten", "dense_1"..., "digit"): the fused
     trainer and the reports find layers by them.
     """
@@ -33,26 +34,33 @@ def build_variant(spec: ModelSpec) -> keras.Model:
         )
     )
     model.add(layers.MaxPooling2D(pool_size=(2, 2), name="pool"))
+    if spec.dropout:
+        model.add(layers.Dropout(spec.dropout, name="pool_dropout"))
     model.add(layers.Flatten(name="flatten"))
     for index, units in enumerate(spec.dense_units, start=1):
         model.add(layers.Dense(units, activation="relu", name=f"dense_{index}"))
+        if spec.dropout:
+            model.add(layers.Dropout(spec.dropout, name=f"dense_{index}_dropout"))
     model.add(layers.Dense(NUM_CLASSES, activation="softmax", name="digit"))
     return model
 
 
-def make_optimizer(config: ExperimentConfig) -> keras.optimizers.Optimizer:
-    """The optimizer the config names; the specification names none, so SGD(0.01) is the default."""
+def make_optimizer(config: ExperimentConfig, spec: ModelSpec | None = None) -> keras.optimizers.Optimizer:
+    """The variant's optimizer if it names one, else the run's; the specification names none, so
+    SGD(0.01) is the default."""
     optimizers = {
         "sgd": keras.optimizers.SGD,
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return optimizers[config.optimizer](learning_rate=config.learning_rate)
+    name = (spec.optimizer if spec else None) or config.optimizer
+    learning_rate = (spec.learning_rate if spec else None) or config.learning_rate
+    return optimizers[name](learning_rate=learning_rate)
 
 
-def compile_model(model: keras.Model, config: ExperimentConfig) -> keras.Model:
+def compile_model(model: keras.Model, config: ExperimentConfig, spec: ModelSpec | None = None) -> keras.Model:
     model.compile(
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(config, spec),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=config.steps_per_execution,
@@ -63,4 +71,4 @@ def compile_model(model: keras.Model, config: ExperimentConfig) -> keras.Model:
 def seeded_model(spec: ModelSpec, config: ExperimentConfig) -> keras.Model:
     """Build and compile a variant with weights drawn from the run's seed."""
     keras.utils.set_random_seed(config.seed)
-    return compile_model(build_variant(spec), config)
+    return compile_model(build_variant(spec), config, spec)

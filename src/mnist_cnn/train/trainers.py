@@ -17,7 +17,9 @@ from mnist_cnn.core.config import ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import ConfigError
 
 # What the fused trainer computes, by the spec's fields: each field it reads, and nothing else.
-FUSED_FIELDS = frozenset({"key", "name", "filters", "kernel_size", "dense_units"})
+# (A variant's optimizer and learning rate are the compiled Keras optimizer's, which the fused
+# step applies as model.fit does.)
+FUSED_FIELDS = frozenset({"key", "name", "filters", "kernel_size", "dense_units", "optimizer", "learning_rate"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,144 @@
+"""Model variants as data: a TOML file of tables, or ``--variant "KEY: field=value, ..."``.
+
+A variant states only what differs from Model_A (the specification's 32-filter network)::
+
+    [F16]
+    filters = 16
+    [AD]
+    dropout = 0.5
+    name = "Model_A_dropout"   # optional; default Model_<KEY>
+
+Every mistake (an unknown field, a wrong type, an impossible shape, a key defined twice or
+clashing with a built-in) is a one-line ``ConfigError`` naming the field, and for a file the
+file and line, raised before anything loads or trains.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from mnist_cnn.core.config import MODEL_VARIANTS, ModelSpec
+from mnist_cnn.core.errors import ConfigError
+
+# What every variant starts from: the specification's Model_A.
+BASE_VARIANT = MODEL_VARIANTS["A"]
+
+
+def variant_from_fields(key: str, fields: dict[str, Any]) -> ModelSpec:
+    """Model_A with ``fields`` changed, under ``key`` (capitalised) and ``name`` (default Model_<KEY>)."""
+    if "key" in fields:
+        raise ConfigError("a variant's key is its table name (or what stands before ':'), not a field")
+    key = key.strip().upper()
+    values = {**BASE_VARIANT.to_json(), "key": key, "name": f"Model_{key}", **fields}
+    return ModelSpec.from_json(values)
+
+
+def read_variants_file(path: Path) -> tuple[ModelSpec, ...]:
+    """Every table of a TOML variants file as a spec, in file order."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"variants file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read variants file {path} ({error})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:  # Its message names the line and column.
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    if not document:
+        raise ConfigError(f"{path} defines no variant: write a table such as [F16] with filters = 16 below it")
+    specs = []
+    for key, table in document.items():
+        line = table_line(text, key)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}:{field_line(text, None, key)}: {key} is not a variant table: write [{key}] "
+                              "and its fields below it")  # fmt: skip
+        try:
+            specs.append(variant_from_fields(key, table))
+        except ConfigError as error:
+            field = next((name for name in table if name in str(error)), None)
+            where = field_line(text, key, field) if field else line
+            raise ConfigError(f"{path}:{where}: variant {key}: {error}") from None
+    return tuple(specs)
+
+
+def table_line(text: str, key: str) -> int:
+    """The line of ``[key]`` in a TOML text (1 when it cannot be found)."""
+    pattern = re.compile(rf"^\s*\[\s*[\"']?{re.escape(key)}[\"']?\s*\]")
+    return next((number for number, line in enumerate(text.splitlines(), 1) if pattern.match(line)), 1)
+
+
+def field_line(text: str, key: str | None, field: str | None) -> int:
+    """The line of ``field = ...`` inside table ``key`` (top level when ``key`` is None)."""
+    lines = text.splitlines()
+    start = table_line(text, key) if key else 1
+    assignment = re.compile(rf"^\s*[\"']?{re.escape(field or '')}[\"']?\s*=")
+    for number in range(start, len(lines) + 1):
+        line = lines[number - 1]
+        if number > start and line.lstrip().startswith("["):
+            break
+        if field and assignment.match(line):
+            return number
+    return start
+
+
+def parse_inline_variant(text: str) -> ModelSpec:
+    """``"D: filters=32, dropout=0.5, dense_units=[64, 32]"`` as a spec (values written as in TOML)."""
+    key, colon, rest = text.partition(":")
+    if not colon or not key.strip():
+        raise ConfigError(f"--variant {text!r}: write KEY: field=value, ... (e.g. 'D: filters=32, dropout=0.5')")
+    fields: dict[str, Any] = {}
+    for item in split_outside_brackets(rest):
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise ConfigError(f"--variant {text!r}: {item.strip()!r} is not field=value")
+        fields[name.strip()] = toml_value(value.strip())
+    try:
+        return variant_from_fields(key, fields)
+    except ConfigError as error:
+        raise ConfigError(f"--variant {key.strip()}: {error}") from None
+
+
+def split_outside_brackets(text: str) -> list[str]:
+    """Split at commas that are not inside [...] (a list value holds commas of its own)."""
+    parts, depth, current = [], 0, ""
+    for character in text:
+        depth += {"[": 1, "]": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += character
+    parts.append(current)
+    return [part for part in parts if part.strip()]
+
+
+def toml_value(text: str) -> Any:
+    """A value as TOML reads it (16, 0.5, [64, 32], "adam"); a bare word stays a string (adam)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def gather_variants(files: Sequence[Path], inline: Sequence[str]) -> tuple[ModelSpec, ...]:
+    """The variants of every file and ``--variant``, checked together: no key twice, none a built-in's."""
+    specs = [spec for path in files for spec in read_variants_file(path)]
+    specs += [parse_inline_variant(text) for text in inline]
+    check_keys(specs)
+    return tuple(specs)
+
+
+def check_keys(specs: Iterable[ModelSpec]) -> None:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.key in MODEL_VARIANTS:
+            raise ConfigError(f"variant {spec.key!r} clashes with the built-in Model_{spec.key}: give it another key")
+        if spec.key in seen:
+            raise ConfigError(f"variant {spec.key!r} is defined twice")
+        seen.add(spec.key)

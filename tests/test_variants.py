@@ -1,0 +1,169 @@
+"""Model variants as data: a TOML file or --variant, checked before anything runs, recorded whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_cnn.core.config import MODEL_VARIANTS, ExperimentConfig, ModelSpec
+from mnist_cnn.core.variants import parse_inline_variant, read_variants_file
+from mnist_cnn.train.models import build_variant
+from mnist_cnn.train.trainers import plan_trainers
+from tests.conftest import cli
+
+STUDY = """\
+# How many filters does this CNN need?
+[F8]
+filters = 8
+
+[F16]
+filters = 16
+
+[AD]
+name = "Model_A_dropout"
+dropout = 0.5
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "variants.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_variants_file_states_only_what_differs_from_model_a(tmp_path: Path) -> None:
+    f8, f16, dropout = read_variants_file(write(tmp_path, STUDY))
+    assert (f8.key, f8.name, f8.filters, f8.kernel_size, f8.dense_units) == ("F8", "Model_F8", 8, 3, (200, 100))
+    assert f16.filters == 16 and f16.describe() == "filters=16"
+    assert (dropout.name, dropout.filters, dropout.dropout) == ("Model_A_dropout", 32, 0.5)
+    inline = parse_inline_variant("k5: kernel_size=5, dense_units=[64, 32], optimizer=adam, learning_rate=0.001")
+    assert (inline.key, inline.kernel_size, inline.dense_units, inline.optimizer) == ("K5", 5, (64, 32), "adam")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        *MODEL_VARIANTS.values(),
+        ModelSpec(key="F8", name="Model_F8", filters=8),
+        ModelSpec(key="K5", name="Model_K5", filters=12, kernel_size=5, dense_units=(64,)),
+        ModelSpec(key="AD", name="Model_AD", filters=32, dropout=0.5),
+        ModelSpec(key="D0", name="Model_D0", filters=4, kernel_size=2, dense_units=()),
+    ],
+    ids=lambda spec: spec.key,
+)
+def test_the_parameter_count_from_the_spec_is_keras_own(spec: ModelSpec) -> None:
+    assert spec.parameter_count() == build_variant(spec).count_params()
+
+
+def test_dropout_layers_follow_the_pooling_and_each_hidden_layer() -> None:
+    model = build_variant(ModelSpec(key="AD", name="Model_AD", filters=32, dropout=0.5))
+    kinds = [layer.__class__.__name__ for layer in model.layers]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert all(layer.rate == 0.5 for layer in model.layers if hasattr(layer, "rate"))
+
+
+def test_a_spec_the_fused_trainer_does_not_compute_falls_back_to_model_fit() -> None:
+    dropout = ModelSpec(key="AD", name="Model_AD", filters=32, dropout=0.5)
+    own_optimizer = ModelSpec(key="AO", name="Model_AO", filters=32, optimizer="adam", learning_rate=0.001)
+    choices = plan_trainers(ExperimentConfig(models=("A", "AD", "AO"), variants=(dropout, own_optimizer)))
+    assert [(choice.model, choice.trainer) for choice in choices] == [
+        ("Model_A", "fused"),
+        ("Model_AD", "keras"),
+        ("Model_AO", "fused"),  # The fused step applies the model's own compiled optimizer.
+    ]
+    assert choices[1].reason == "the fused trainer does not compute dropout"
+
+
+def test_a_config_with_variants_round_trips_and_one_without_keeps_its_old_layout() -> None:
+    variant = ModelSpec(key="F8", name="Model_F8", filters=8)
+    config = ExperimentConfig(models=("A", "F8"), variants=(variant,))
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert "variants" not in ExperimentConfig().to_dict()
+    assert [spec.name for spec in config.model_specs()] == ["Model_A", "Model_F8"]
+
+
+BAD_FILES = [
+    ("[X]\nfiltres = 16\n", "variants.toml:2: variant X: unknown variant field 'filtres'"),
+    ('[X]\nfilters = "16"\n', "variants.toml:2: variant X: Model_X: filters must be a whole number"),
+    ("[X]\nfilters = 8\nkernel_size = 28\n", "variants.toml:3: variant X: Model_X: kernel_size must be a whole number"),
+    ("[X]\ndropout = 1.0\n", "variants.toml:2: variant X: Model_X: dropout must be a rate"),
+    ("[X]\ndense_units = 200\n", "variants.toml:2: variant X: dense_units must be a list"),
+    ('[X]\noptimizer = "lbfgs"\n', "variants.toml:2: variant X: Model_X: optimizer must be one of"),
+    ("[X]\nfilters = 8\n[X]\nfilters = 9\n", "not valid TOML"),
+    ("[A]\nfilters = 8\n", "variant 'A' clashes with the built-in Model_A"),
+    ("filters = 8\n", "variants.toml:1: filters is not a variant table"),
+    ("[X\nfilters = 8\n", "not valid TOML"),
+    ("", "defines no variant"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES)
+def test_a_bad_variants_file_is_one_line_naming_file_line_and_field(tmp_path: Path, text: str, message: str) -> None:
+    variants = write(tmp_path, text)
+    result = cli("experiment", "--variants", variants, "--models", "A", "--epochs", "1", "--out", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--variant", "X filters=8"], "write KEY: field=value"),
+        (["--variant", "X: filters"], "'filters' is not field=value"),
+        (["--variant", "X: colour=red"], "--variant X: unknown variant field 'colour'"),
+        (["--variant", "X: filters=8", "--variant", "X: filters=9"], "variant 'X' is defined twice"),
+        (["--models", "A,Z"], "unknown model 'Z'"),
+        (["--variants", "nowhere.toml"], "variants file nowhere.toml does not exist"),
+    ],
+)
+def test_bad_inline_variants_and_models_are_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = cli("experiment", *arguments, "--epochs", "1", "--out", tmp_path / "run")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_variants_command_lists_built_ins_and_the_files(tmp_path: Path) -> None:
+    result = cli("variants", "--variants", write(tmp_path, STUDY), "--variant", "K5: kernel_size=5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["key", "name", "parameters"]
+    assert [line.split()[0] for line in lines[1:]] == ["A", "B", "F8", "F16", "AD", "K5"]
+    assert "1,103,230" in lines[1] and "2,185,150" in lines[2] and "filters=64" in lines[2]
+    assert "Model_A_dropout" in lines[5] and "dropout=0.5" in lines[5]
+
+
+@pytest.mark.slow
+def test_a_run_of_file_variants_lives_without_the_file(tmp_path: Path) -> None:
+    """config.json keeps each variant whole: evaluate, predict, report and serve need no file."""
+    variants = write(tmp_path, STUDY)
+    run_dir = tmp_path / "run"
+    result = cli(
+        "experiment", "--variants", variants, "--models", "F8,AD", "--limit", "300", "--epochs", "1", "--out", run_dir
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Model_F8: trained by fused JAX step" in result.stdout
+    assert "Model_A_dropout: trained by model.fit (the fused trainer does not compute dropout)" in result.stdout
+    variants.unlink()
+    record = json.loads((run_dir / "config.json").read_text())
+    assert [spec["key"] for spec in record["config"]["variants"]] == ["F8", "AD"]
+    assert record["config"]["variants"][1]["dropout"] == 0.5
+    assert record["trainers"]["Model_A_dropout"]["trainer"] == "keras"
+    for command in (["evaluate", run_dir], ["predict", run_dir, "--index", "0"], ["report", run_dir]):
+        answered = cli(*command)
+        assert answered.returncode == 0, (command, answered.stderr)
+        assert "Model_F8" in answered.stdout or command[0] == "report"
+    report = (run_dir / "report.html").read_text()
+    assert "Model_F8" in report and "Model_A_dropout" in report and "Model_B" not in report
+
+    from fastapi.testclient import TestClient
+
+    from mnist_cnn.serve.app import create_app
+
+    with TestClient(create_app(run_dir)) as client:
+        names = [model["name"] for model in client.get("/api/models").json()["models"]]
+    assert names == ["Model_F8", "Model_A_dropout"]
