@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mnist_cnn.core.config import ExperimentConfig, SweepConfig
+from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.core.files import write_json
 from mnist_cnn.core.sweep_results import PairedComparison, SweepStatistics
 from mnist_cnn.report.measures import BY_FIELD, MEASURES, format_summary, format_value
@@ -188,3 +189,122 @@ def test_report_of_a_sweep_with_no_finished_seed_is_one_line_and_exit_code_2(tmp
     assert "no seed has finished" in result.stderr
     assert f"mnist-cnn compare --resume {sweep_dir}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---------------------------------------------------------------- any number of variants
+
+
+def test_holm_adjustment_by_hand() -> None:
+    from mnist_cnn.core.stats import holm_adjust
+
+    # Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to 0.06 to keep the order.
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # Capped at 1.
+    assert holm_adjust([0.2]) == [0.2]
+
+
+STUDY_ACCURACIES = {  # Test accuracy of each model on seeds 0-3: F8 clearly worse, B the same as A.
+    "Model_A": [0.9850, 0.9841, 0.9862, 0.9855],
+    "Model_B": [0.9852, 0.9849, 0.9858, 0.9861],
+    "Model_F8": [0.9801, 0.9795, 0.9810, 0.9798],
+}
+
+
+def study_results() -> tuple[list, SweepConfig]:
+    from mnist_cnn.core.config import ModelSpec
+    from mnist_cnn.core.results import ModelMetrics
+    from mnist_cnn.report.sweep import SeedResults
+
+    config = SweepConfig(
+        experiment=ExperimentConfig(
+            models=("A", "B", "F8"), variants=(ModelSpec(key="F8", name="Model_F8", filters=8),), epochs=2
+        ),
+        seeds=(0, 1, 2, 3),
+    )
+    speed = {"Model_A": 10.0, "Model_B": 21.0, "Model_F8": 4.0}
+    results = []
+    for seed in range(4):
+        metrics = {}
+        for name, accuracies in STUDY_ACCURACIES.items():
+            seconds = speed[name] * (1 + 0.01 * seed)
+            metrics[name] = ModelMetrics(
+                model=name, parameters=1, test_loss=1 - accuracies[seed], test_accuracy=accuracies[seed],
+                best_val_accuracy=accuracies[seed], best_val_epoch=2, epochs=2, training_seconds=2 * seconds,
+                seconds_per_epoch=[seconds, seconds], seconds_per_epoch_median=seconds, first_epoch_seconds=seconds,
+                resumed_from_epoch=None, inference_ms_per_image_batched=0.01 * speed[name],
+                inference_ms_single_image=0.5,
+            )  # fmt: skip
+        history = [{"epoch": 1, "loss": 1.0, "accuracy": 0.9, "val_loss": 1.0, "val_accuracy": 0.9, "seconds": 1.0}]
+        results.append(SeedResults(seed, metrics, dict.fromkeys(metrics, history), {}, {}))
+    return results, config
+
+
+def test_every_variant_is_paired_with_the_baseline_and_holm_adjusted_as_scipy_and_by_hand() -> None:
+    from scipy import stats as scipy_stats
+
+    from mnist_cnn.core.stats import holm_adjust
+
+    results, config = study_results()
+    statistics = compute_statistics(results, config)
+    assert statistics.baseline == "Model_A" and statistics.comparison is None
+    assert [comparison.second for comparison in statistics.comparisons] == ["Model_B", "Model_F8"]
+    raw = []
+    for comparison in statistics.comparisons:
+        difference = comparison.differences["test_accuracy"]
+        baseline, variant = STUDY_ACCURACIES["Model_A"], STUDY_ACCURACIES[comparison.second]
+        assert difference.t_test_p == pytest.approx(scipy_stats.ttest_rel(variant, baseline).pvalue)
+        assert difference.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon(variant, baseline).pvalue)
+        raw.append(difference.t_test_p)
+    holm = [comparison.differences["test_accuracy"].holm_p for comparison in statistics.comparisons]
+    assert holm == pytest.approx(holm_adjust(raw))
+    b_verdict, f8_verdict = (comparison.verdict for comparison in statistics.comparisons)
+    assert "no detectable difference" in b_verdict and "Holm-adjusted p" in b_verdict
+    assert "points lower than Model_A's" in f8_verdict and "a detectable difference" in f8_verdict
+    assert statistics.comparisons[1].ratios["training_seconds"].geometric_mean == pytest.approx(0.4)
+
+    document = json.loads(json.dumps(statistics.to_json()))
+    assert document["baseline"] == "Model_A" and len(document["comparisons"]) == 2 and "comparison" not in document
+    assert SweepStatistics.from_json(document).to_json() == document
+
+    markdown = statistics_markdown(statistics, SweepFolder("unused"))
+    assert "## Against the baseline, Model_A, seed by seed" in markdown and "Holm-adjusted over the 2" in markdown
+    ranking = markdown.split("## Ranking by mean test accuracy")[1]
+    assert ranking.index("Model_B") < ranking.index("Model_A") < ranking.index("Model_F8")
+
+
+def test_another_baseline_and_a_two_model_sweep_keeps_its_layout() -> None:
+    results, config = study_results()
+    by_b = compute_statistics(results, dataclasses_replace(config, baseline="B"))
+    assert [(c.first, c.second) for c in by_b.comparisons] == [("Model_B", "Model_A"), ("Model_B", "Model_F8")]
+    with pytest.raises(ConfigError, match="baseline 'C' is not one of the compared models"):
+        SweepConfig(experiment=ExperimentConfig(), seeds=(0, 1), baseline="C")
+    assert "baseline" not in SweepConfig(experiment=ExperimentConfig(), seeds=(0, 1)).to_json()
+    pair = SweepConfig(experiment=ExperimentConfig(), seeds=(0, 1, 2, 3))
+    document = compute_statistics(
+        [seed_without(result, "Model_F8") for result in results], pair
+    ).to_json()  # fmt: skip
+    assert "comparison" in document and "comparisons" not in document
+    assert "holm_p" not in json.dumps(document)  # One comparison: nothing adjusted, the old layout.
+
+
+def dataclasses_replace(config: SweepConfig, **changes: object) -> SweepConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def seed_without(result, name: str):
+    import dataclasses
+
+    return dataclasses.replace(
+        result,
+        metrics={key: value for key, value in result.metrics.items() if key != name},
+        histories={key: value for key, value in result.histories.items() if key != name},
+    )
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both() -> None:
+    from mnist_cnn.report.figures import pareto_front
+
+    # (seconds per epoch, accuracy): A is beaten by nothing; B costs more for less; F8 is cheapest.
+    assert pareto_front([(10.0, 0.985), (21.0, 0.984), (4.0, 0.980), (40.0, 0.986)]) == [0, 2, 3]

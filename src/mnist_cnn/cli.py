@@ -281,6 +281,12 @@ def add_compare_parser(commands: Any) -> None:
     )
     add_models_flag(compare)
     compare.add_argument(
+        "--baseline",
+        default=None,
+        metavar="KEY",
+        help="the model every other is compared with, seed by seed (default: the first of --models)",
+    )
+    compare.add_argument(
         "--resume",
         type=Path,
         default=None,
@@ -368,7 +374,8 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
         sweep = SweepFolder.existing(args.resume)
         sweep_config = SweepConfig.from_json(sweep.read_settings())
     else:
-        sweep_config = SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds)
+        baseline = args.baseline.strip().upper() if args.baseline else None
+        sweep_config = SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds, baseline=baseline)
         sweep = SweepFolder(args.out) if args.out is not None else SweepFolder.new()
     try:
         run_sweep(

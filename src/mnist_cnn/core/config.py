@@ -303,8 +303,15 @@ class SweepConfig:
 
     experiment: ExperimentConfig
     seeds: tuple[int, ...]
+    # The model every other one is compared with, seed by seed (a key); None: the first in --models.
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
+        if self.baseline is not None and self.baseline not in self.experiment.models:
+            raise ConfigError(
+                f"baseline {self.baseline!r} is not one of the compared models ({','.join(self.experiment.models)}): "
+                "add it to --models"
+            )
         # Each trial sets its own seed: the experiment's one means nothing here, so it is fixed
         # at 0 and two sweeps with the same settings compare equal.
         object.__setattr__(self, "experiment", dataclasses.replace(self.experiment, seed=0))
@@ -326,17 +333,26 @@ class SweepConfig:
     def for_seed(self, seed: int) -> ExperimentConfig:
         return dataclasses.replace(self.experiment, seed=seed)
 
+    def baseline_name(self) -> str:
+        """The baseline model's name (the first model's unless --baseline chose another)."""
+        known = self.experiment.known_variants()
+        return known[self.baseline or self.experiment.models[0]].name
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "experiment": {**self.experiment.to_dict(), "seed": None},
             "seeds": list(self.seeds),
         }
+        if self.baseline is not None:  # Sweeps with the default baseline keep sweep.json's old layout.
+            document["baseline"] = self.baseline
+        return document
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> SweepConfig:
         try:
             experiment = ExperimentConfig.from_dict({**document["experiment"], "seed": 0})
-            return cls(experiment=experiment, seeds=tuple(int(seed) for seed in document["seeds"]))
+            seeds = tuple(int(seed) for seed in document["seeds"])
+            return cls(experiment=experiment, seeds=seeds, baseline=document.get("baseline"))
         except (KeyError, TypeError, ValueError) as error:
             raise RunFolderError(f"the sweep's settings are damaged ({error})") from None
 

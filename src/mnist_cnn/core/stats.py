@@ -171,8 +171,12 @@ class PairedDifference:
     bootstrap_high: float | None
     t_test_p: float | None
     wilcoxon_p: float | None
+    # The t-test's p-value after Holm's adjustment over a sweep's comparisons with one baseline;
+    # None with a single comparison (nothing to adjust; statistics.json then keeps its old layout).
+    holm_p: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        holm = {} if self.holm_p is None else {"holm_p": self.holm_p}
         return {
             "quantity": self.quantity,
             "differences": list(self.differences),
@@ -184,6 +188,7 @@ class PairedDifference:
             "bootstrap_high": self.bootstrap_high,
             "t_test_p": self.t_test_p,
             "wilcoxon_p": self.wilcoxon_p,
+            **holm,
         }
 
     @classmethod
@@ -203,6 +208,7 @@ class PairedDifference:
                 ci_high=json_number(values["ci_high"], optional=True),
             ),
             **{key: json_number(values[key], optional=True) for key in tests},
+            holm_p=json_number(document["holm_p"]) if "holm_p" in document else None,
         )
 
 
@@ -263,18 +269,39 @@ def ratio_summary(quantity: str, first: Sequence[float], second: Sequence[float]
     )
 
 
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: controls the chance of any false finding among the tests at 5 %.
+
+    The i-th smallest p (0-based) is multiplied by (m - i), kept at least as large as the one
+    before it (so the order is kept) and capped at 1; returned in the order given.
+    """
+    count = len(p_values)
+    order = sorted(range(count), key=lambda index: p_values[index])
+    adjusted = [0.0] * count
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (count - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def accuracy_verdict(first: str, second: str, difference: PairedDifference) -> str:
-    """One sentence in plain words: how much better or worse ``second`` is, and whether it shows."""
+    """One sentence in plain words: how much better or worse ``second`` is, and whether it shows.
+
+    With several variants against one baseline, "detectable" is decided by the Holm-adjusted
+    p-value (5 % level), so that testing many variants does not turn noise into findings.
+    """
     points = 100 * difference.summary.mean
     low, high = 100 * (difference.summary.ci_low or 0.0), 100 * (difference.summary.ci_high or 0.0)
     direction = "higher" if points >= 0 else "lower"
     seeds = len(difference.differences)
-    detected = low > 0 or high < 0
-    conclusion = (
-        f"a detectable difference (paired t-test p = {difference.t_test_p:.3g})"
-        if detected
-        else f"no detectable difference (paired t-test p = {difference.t_test_p:.3g})"
-    )
+    tests = f"paired t-test p = {difference.t_test_p:.3g}"
+    if difference.holm_p is None:
+        detected = low > 0 or high < 0
+    else:
+        detected = difference.holm_p < 1 - CONFIDENCE
+        tests += f", Holm-adjusted p = {difference.holm_p:.3g}"
+    conclusion = f"a detectable difference ({tests})" if detected else f"no detectable difference ({tests})"
     return (
         f"With {seeds} seeds, {second}'s test accuracy is {abs(points):.2f} points {direction} than {first}'s, "
         f"95 % CI [{low:+.2f}, {high:+.2f}]: {conclusion}."

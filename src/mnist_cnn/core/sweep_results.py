@@ -118,7 +118,8 @@ class SweepStatistics:
     experiment: ExperimentConfig  # The settings every seed ran with (its own seed aside: written as null).
     models: dict[str, dict[str, Summary]]  # Model name -> measure (a ModelMetrics field) -> summary over seeds.
     trials: tuple[TrialRecord, ...]  # One per finished seed, in seed order.
-    comparison: PairedComparison | None = None  # Two models and at least two finished seeds.
+    # Every other model against the baseline (the first), with at least two finished seeds.
+    comparisons: tuple[PairedComparison, ...] = ()
 
     def __post_init__(self) -> None:
         # Each seed set its own: the experiment's seed means nothing here (as in SweepConfig).
@@ -127,6 +128,15 @@ class SweepStatistics:
     @property
     def model_names(self) -> list[str]:
         return list(self.models)
+
+    @property
+    def comparison(self) -> PairedComparison | None:
+        """The one comparison of a two-model sweep (the specification's A vs B); None otherwise."""
+        return self.comparisons[0] if len(self.comparisons) == 1 else None
+
+    @property
+    def baseline(self) -> str | None:
+        return self.comparisons[0].first if self.comparisons else None
 
     def values(self, model: str, field: str) -> tuple[float, ...]:
         """Each finished seed's value of ``field`` for ``model``, in seed order."""
@@ -143,8 +153,11 @@ class SweepStatistics:
             },
             "trials": [trial.to_json() for trial in self.trials],
         }
-        if self.comparison is not None:
-            document["comparison"] = self.comparison.to_json()
+        if len(self.comparisons) == 1:  # Two models: the layout sweeps have always written.
+            document["comparison"] = self.comparisons[0].to_json()
+        elif self.comparisons:
+            document["baseline"] = self.baseline
+            document["comparisons"] = [comparison.to_json() for comparison in self.comparisons]
         return document
 
     @classmethod
@@ -158,7 +171,9 @@ class SweepStatistics:
             raise ValueError(f"the experiment's settings are malformed ({error})") from None
         if not isinstance(values["trials"], list):
             raise ValueError("trials must be a list")
-        comparison = document.get("comparison")
+        comparisons = [document["comparison"]] if "comparison" in document else document.get("comparisons", [])
+        if not isinstance(comparisons, list):
+            raise ValueError("comparisons must be a list")
         return cls(
             seeds_requested=_integers("seeds_requested", values["seeds_requested"]),
             seeds_finished=_integers("seeds_finished", values["seeds_finished"]),
@@ -168,5 +183,5 @@ class SweepStatistics:
                 for name, summaries in _mapping("models", values["models"]).items()
             },
             trials=tuple(TrialRecord.from_json(trial) for trial in values["trials"]),
-            comparison=PairedComparison.from_json(comparison) if comparison is not None else None,
+            comparisons=tuple(PairedComparison.from_json(comparison) for comparison in comparisons),
         )

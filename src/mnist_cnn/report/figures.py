@@ -13,10 +13,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mnist_cnn.core.files import atomic_path  # noqa: E402
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
+from mnist_cnn.core.sweep_results import SweepStatistics  # noqa: E402
 from mnist_cnn.report.measures import metrics_rows  # noqa: E402
 from mnist_cnn.store.runs import ModelFolder, RunFolder  # noqa: E402
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+# Matplotlib's ten distinct colours: a study of six or more variants keeps each its own.
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan")  # fmt: skip
 
 
 def save_figure(figure: plt.Figure, path: Path) -> None:
@@ -235,4 +238,53 @@ def plot_epoch_times(seconds_per_epoch: dict[str, list[list[float]]], path: Path
     epoch_axis(axis)
     axis.grid(alpha=0.3)
     axis.legend()
+    save_figure(figure, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other beats on both: lower cost (x) and higher accuracy (y)."""
+    return [
+        index
+        for index, (cost, score) in enumerate(points)
+        if not any(
+            other_cost <= cost and other_score >= score and (other_cost, other_score) != (cost, score)
+            for other_cost, other_score in points
+        )
+    ]
+
+
+def plot_accuracy_against_cost(statistics: SweepStatistics, path: Path) -> None:
+    """Mean test accuracy (95 % CI) against training cost (s/epoch) and against parameters, per
+    model, the Pareto front marked: the models nothing else beats on both accuracy and cost."""
+    names = statistics.model_names
+    parameters = {spec.name: spec.parameter_count() for spec in statistics.experiment.model_specs()}
+    accuracy = [statistics.models[name]["test_accuracy"] for name in names]
+    costs = {
+        "seconds per epoch (median after the first, mean over seeds)": [
+            statistics.models[name]["seconds_per_epoch_median"].mean for name in names
+        ],
+        "parameters": [parameters.get(name, 0) for name in names],
+    }
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, (label, values) in zip(axes, costs.items(), strict=True):
+        front = pareto_front(list(zip(values, [summary.mean for summary in accuracy], strict=True)))
+        for position, (name, summary, cost) in enumerate(zip(names, accuracy, values, strict=True)):
+            low = summary.mean - (summary.ci_low if summary.ci_low is not None else summary.mean)
+            high = (summary.ci_high if summary.ci_high is not None else summary.mean) - summary.mean
+            axis.errorbar(
+                cost, 100 * summary.mean, yerr=[[100 * low], [100 * high]], fmt="o", capsize=4,
+                color=COLORS[position % len(COLORS)], label=name,
+            )  # fmt: skip
+        ordered = sorted(front, key=lambda index: values[index])
+        axis.plot(
+            [values[index] for index in ordered],
+            [100 * accuracy[index].mean for index in ordered],
+            color="black", linestyle=":", linewidth=1, label="Pareto front",
+        )  # fmt: skip
+        if label == "parameters":
+            axis.set_xscale("log")
+        title = f"accuracy against {label.split(' (')[0]}"
+        axis.set(xlabel=label, ylabel="test accuracy (%), mean and 95 % CI", title=title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     save_figure(figure, path)

@@ -25,10 +25,14 @@ from mnist_cnn.report.html import file_uri, template_environment, write_run_repo
 from mnist_cnn.report.measures import (
     BY_FIELD,
     DIFFERENCE_MEASURES,
+    MISSING,
     RATIO_MEASURES,
     SWEEP_MEASURES,
     Row,
     difference_rows,
+    format_difference,
+    format_ratio,
+    format_summary,
     format_value,
     ratio_rows,
     summary_rows,
@@ -81,14 +85,39 @@ def compute_statistics(results: list[SeedResults], sweep_config: SweepConfig) ->
         }
         for name in models
     }
+    baseline = sweep_config.baseline_name()
+    comparisons = (
+        [paired_comparison(results, baseline, name) for name in models if name != baseline] if len(results) >= 2 else []
+    )
     return SweepStatistics(
         seeds_requested=tuple(sweep_config.seeds),
         seeds_finished=tuple(seed.seed for seed in results),
         experiment=sweep_config.experiment,
         models=per_model,
         trials=tuple(trial_record(seed) for seed in results),
-        comparison=paired_comparison(results, models[0], models[1]) if len(models) == 2 and len(results) >= 2 else None,
+        comparisons=tuple(holm_adjusted(comparisons)),
     )
+
+
+def holm_adjusted(comparisons: list[PairedComparison]) -> list[PairedComparison]:
+    """Several variants against one baseline: each measure's t-test p-values Holm-adjusted across
+    the comparisons, and the accuracy verdicts decided on the adjusted values. One comparison
+    (the specification's A vs B) has nothing to adjust and is returned as it is."""
+    if len(comparisons) < 2:
+        return comparisons
+    adjusted = {
+        measure.field: stats.holm_adjust([comparison.differences[measure.field].t_test_p for comparison in comparisons])
+        for measure in DIFFERENCE_MEASURES
+    }
+    result = []
+    for position, comparison in enumerate(comparisons):
+        differences = {
+            field: dataclasses.replace(difference, holm_p=adjusted[field][position])
+            for field, difference in comparison.differences.items()
+        }
+        verdict = stats.accuracy_verdict(comparison.first, comparison.second, differences["test_accuracy"])
+        result.append(dataclasses.replace(comparison, differences=differences, verdict=verdict))
+    return result
 
 
 def paired_comparison(results: list[SeedResults], first: str, second: str) -> PairedComparison:
@@ -147,7 +176,12 @@ def distinct(values: Iterable[str | None]) -> str | None:
 
 def write_sweep_statistics(sweep: SweepFolder, sweep_config: SweepConfig) -> tuple[SweepStatistics, str]:
     """Compute, write and return statistics.json/.md and the figures of a sweep."""
-    from mnist_cnn.report.figures import plot_epoch_times, plot_mean_curves, plot_seed_accuracies
+    from mnist_cnn.report.figures import (
+        plot_accuracy_against_cost,
+        plot_epoch_times,
+        plot_mean_curves,
+        plot_seed_accuracies,
+    )
 
     results = collect(sweep, sweep_config)
     if not results:
@@ -167,6 +201,7 @@ def write_sweep_statistics(sweep: SweepFolder, sweep_config: SweepConfig) -> tup
         {name: [seed.metrics[name].seconds_per_epoch for seed in results] for name in models},
         sweep.figure_path("epoch_times"),
     )
+    plot_accuracy_against_cost(statistics, sweep.figure_path("cost"))
     markdown = statistics_markdown(statistics, sweep)
     sweep.write_statistics(statistics.to_json(), markdown)
     return statistics, markdown
@@ -237,6 +272,8 @@ def statistics_markdown(statistics: SweepStatistics, sweep: SweepFolder) -> str:
         "",
     ]
     comparison = statistics.comparison
+    if len(statistics.comparisons) > 1:
+        lines += several_comparisons_markdown(statistics)
     if comparison is not None:
         lines += ["## Verdict", "", comparison.verdict, "", comparison.time_verdict, ""]
         power = power_sentence(comparison)
@@ -265,9 +302,90 @@ def statistics_markdown(statistics: SweepStatistics, sweep: SweepFolder) -> str:
         f"![test accuracy per seed]({sweep.figure_path('test_accuracy').name})",
         f"![mean curves]({sweep.figure_path('curves').name})",
         f"![time per epoch]({sweep.figure_path('epoch_times').name})",
+        f"![test accuracy against cost]({sweep.figure_path('cost').name})",
         "",
     ]
     return "\n".join(lines)
+
+
+BASELINE_COLUMNS = [
+    "variant",
+    "parameters",
+    "test accuracy − baseline",
+    "95 % CI (t)",
+    "paired t-test p",
+    "Holm-adjusted p",
+    "Wilcoxon p",
+    "training time ratio [95 % CI]",
+    "seeds for 0.1 pt",
+]
+
+
+def baseline_rows(statistics: SweepStatistics) -> list[Row]:
+    """Each variant against the baseline: the accuracy difference with its tests, the time ratio, power."""
+    accuracy, time = BY_FIELD["test_accuracy"], BY_FIELD["training_seconds"]
+    parameters = {spec.name: spec.parameter_count() for spec in statistics.experiment.model_specs()}
+    rows = []
+    for comparison in statistics.comparisons:
+        difference, ratio = comparison.differences[accuracy.field], comparison.ratios[time.field]
+        interval = (
+            f"[{format_difference(difference.summary.ci_low, accuracy, unit=False)}, "
+            f"{format_difference(difference.summary.ci_high, accuracy, unit=False)}]"
+        )
+        ratio_text = (
+            f"{format_ratio(ratio.geometric_mean)}x [{format_ratio(ratio.ci_low)}, {format_ratio(ratio.ci_high)}]"
+        )
+        rows.append(
+            Row(
+                comparison.second,
+                (
+                    f"{parameters.get(comparison.second, 0):,}",
+                    format_difference(difference.summary.mean, accuracy),
+                    interval,
+                    f"{difference.t_test_p:.3g}",
+                    f"{difference.holm_p:.3g}" if difference.holm_p is not None else MISSING,
+                    f"{difference.wilcoxon_p:.3g}",
+                    ratio_text,
+                    str(comparison.seeds_needed) if comparison.seeds_needed is not None else MISSING,
+                ),
+            )
+        )
+    return rows
+
+
+def ranking(statistics: SweepStatistics) -> list[str]:
+    """The models by mean test accuracy, best first, with their cost: what a reader asks first."""
+    accuracy, epoch = BY_FIELD["test_accuracy"], BY_FIELD["seconds_per_epoch_median"]
+    parameters = {spec.name: spec.parameter_count() for spec in statistics.experiment.model_specs()}
+    order = sorted(statistics.model_names, key=lambda name: -statistics.models[name][accuracy.field].mean)
+    return [
+        f"{name}: {format_summary(statistics.models[name][accuracy.field], accuracy)} test accuracy, "
+        f"{parameters.get(name, 0):,} parameters, "
+        f"{format_value(statistics.models[name][epoch.field].mean, epoch)} s/epoch"
+        for name in order
+    ]
+
+
+def several_comparisons_markdown(statistics: SweepStatistics) -> list[str]:
+    """Every variant against the baseline (Holm-adjusted), the verdicts, and the ranking."""
+    count = len(statistics.comparisons)
+    return [
+        f"## Against the baseline, {statistics.baseline}, seed by seed",
+        "",
+        f"Paired differences (variant − baseline); p-values Holm-adjusted over the {count} comparisons, so that "
+        "testing many variants does not turn noise into findings.",
+        "",
+        *markdown_table(BASELINE_COLUMNS, baseline_rows(statistics), "l" + "r" * (len(BASELINE_COLUMNS) - 1)),
+        "",
+        "## Verdicts",
+        "",
+        *(f"- {comparison.verdict} {comparison.time_verdict}" for comparison in statistics.comparisons),
+        "",
+        "## Ranking by mean test accuracy",
+        "",
+        *(f"{place}. {line}" for place, line in enumerate(ranking(statistics), start=1)),
+        "",
+    ]
 
 
 PAIRED_COLUMNS = ["measure", "mean", "95 % CI (t)", "95 % CI (bootstrap)", "paired t-test p", "Wilcoxon p"]
@@ -335,7 +453,15 @@ def write_sweep_report(sweep_dir: str | Path, statistics: SweepStatistics | None
             ratio_rows=ratio_rows(comparison.ratios) if comparison else [],
             seed_columns=seed_columns(statistics),
             seeds=list(zip(seed_rows(statistics), links, strict=True)),
-            figures={name: file_uri(sweep.figure_path(name)) for name in ("test_accuracy", "curves", "epoch_times")},
+            figures={
+                name: file_uri(sweep.figure_path(name)) for name in ("test_accuracy", "curves", "epoch_times", "cost")
+            },
+            several=len(statistics.comparisons) > 1,
+            baseline=statistics.baseline,
+            baseline_columns=BASELINE_COLUMNS,
+            baseline_rows=baseline_rows(statistics) if len(statistics.comparisons) > 1 else [],
+            verdicts=[f"{item.verdict} {item.time_verdict}" for item in statistics.comparisons],
+            ranking=ranking(statistics),
         )
     )
     write_text(sweep.report_path, html)

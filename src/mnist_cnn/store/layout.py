@@ -37,5 +37,6 @@ SWEEP_FIGURES = {
     "test_accuracy": "seed-accuracy.png",
     "curves": "mean-curves.png",
     "epoch_times": "epoch-times.png",
+    "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
