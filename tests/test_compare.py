@@ -237,7 +237,7 @@ def test_sweep_report_shows_the_verdict_and_links_every_seeds_report(straight_sw
     page = parse(sweep.report_path)
     assert_offline(sweep.report_path, page)
     assert {"verdict", "models", "paired", "figures", "seeds"} <= page.ids
-    assert len(decoded_images(page)) == 3
+    assert len(decoded_images(page)) == 4  # Seed accuracies, mean curves, epoch times, accuracy against cost.
     comparison = SweepStatistics.from_json(sweep.read_statistics()).comparison
     assert comparison is not None and comparison.verdict in " ".join(" ".join(page.text).split())
     seed_links = [link for link in page.links if not link.startswith("#")]
