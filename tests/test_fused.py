@@ -1,5 +1,10 @@
 """The fused JAX trainer computes the same model, the same loss and the same gradients as Keras,
-for every spec it accepts, and refuses, before any data loads, what it does not compute."""
+for every spec it accepts, and refuses, before any data loads, what it does not compute.
+
+For dropout, whose masks the two trainers draw from different generators: the same weights
+given the same masks (injected here), and the same mean loss over many masks within noise."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +30,18 @@ EXTRA_SPECS = {
     "D0": ModelSpec(key="D0", name="Model_D0", filters=8, dense_units=()),
 }
 EVERY_SPEC = [*MODEL_VARIANTS, *EXTRA_SPECS]
+# Dropout after the pooling and two hidden layers, or after the pooling alone; rates other than
+# 0.5, so that keeping with probability rate instead of 1 - rate shows.
+DROPOUT_SPECS = {
+    "DR": ModelSpec(key="DR", name="Model_DR", filters=8, dense_units=(32, 16), dropout=0.3),
+    "DP": ModelSpec(key="DP", name="Model_DP", filters=4, kernel_size=4, dense_units=(), dropout=0.6),
+}
 
 
 @pytest.fixture(autouse=True)
 def extra_variants(monkeypatch):
     """The extra specs as variants a config may name (as a variants file would make them)."""
-    for key, spec in EXTRA_SPECS.items():
+    for key, spec in {**EXTRA_SPECS, **DROPOUT_SPECS}.items():
         monkeypatch.setitem(MODEL_VARIANTS, key, spec)
 
 
@@ -117,20 +128,31 @@ def test_fused_and_model_fit_reach_the_same_weights_for_every_spec(key: str, sma
     assert fused_result.history[0]["loss"] == pytest.approx(keras_result.history[0]["loss"], rel=1e-4)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpecWithBatchNorm(ModelSpec):
+    """A spec with a field the fused trainer does not read (as a new ModelSpec field would be)."""
+
+    batch_norm: bool = False
+
+
 def test_the_fused_trainer_refuses_a_spec_field_it_does_not_compute(monkeypatch) -> None:
-    plain = ModelSpec(key="P", name="Model_P", filters=8)
-    dropping = ModelSpec(key="DR", name="Model_DR", filters=8, dropout=0.5)
+    plain = SpecWithBatchNorm(key="P", name="Model_P", filters=8)
+    normed = SpecWithBatchNorm(key="BN", name="Model_BN", filters=8, batch_norm=True)
     assert fused_refusal(plain, "jax") is None  # At its default the field changes nothing.
-    assert fused_refusal(dropping, "jax") == "the fused trainer does not compute dropout"
-    monkeypatch.setitem(MODEL_VARIANTS, "DR", dropping)
-    auto = plan_trainers(ExperimentConfig(models=("A", "DR"), backend="jax"))
+    assert fused_refusal(normed, "jax") == "the fused trainer does not compute batch_norm"
+    assert fused_refusal(DROPOUT_SPECS["DR"], "jax") is None  # Dropout it computes.
+    monkeypatch.setitem(MODEL_VARIANTS, "BN", normed)
+    auto = plan_trainers(ExperimentConfig(models=("A", "BN", "DR"), backend="jax"))
     assert [(choice.trainer, choice.reason) for choice in auto] == [
         ("fused", None),
-        ("keras", "the fused trainer does not compute dropout"),
+        ("keras", "the fused trainer does not compute batch_norm"),
+        ("fused", None),
     ]
-    assert auto[1].describe() == "Model_DR: trained by model.fit (the fused trainer does not compute dropout)"
-    with pytest.raises(ConfigError, match="Model_DR: the fused trainer does not compute dropout; use --trainer keras"):
-        plan_trainers(ExperimentConfig(models=("A", "DR"), backend="jax", trainer="fused"))
+    assert auto[1].describe() == "Model_BN: trained by model.fit (the fused trainer does not compute batch_norm)"
+    with pytest.raises(
+        ConfigError, match="Model_BN: the fused trainer does not compute batch_norm; use --trainer keras"
+    ):
+        plan_trainers(ExperimentConfig(models=("A", "BN"), backend="jax", trainer="fused"))
 
 
 def test_the_fused_trainer_refuses_a_model_that_is_not_its_spec() -> None:
@@ -145,6 +167,27 @@ def test_the_fused_trainer_refuses_a_model_that_is_not_its_spec() -> None:
         fused.check_model(build_variant(MODEL_VARIANTS["B"]), spec)
 
 
+def test_the_fused_trainer_accepts_dropout_only_as_its_spec_states_it() -> None:
+    """Dropout layers with the spec's rate after the pooling and each hidden layer, nothing else."""
+    spec = DROPOUT_SPECS["DR"]
+    model = build_variant(spec)
+    fused.check_model(model, spec)
+    layers = model.layers
+    dropout = keras.layers.Dropout
+    variants = {
+        "another rate": [*layers[:2], dropout(0.5), *layers[3:]],
+        "one missing": [*layers[:5], *layers[6:]],
+        "before the pooling": [layers[0], dropout(0.3), layers[1], *layers[3:]],
+        "a noise shape": [*layers[:2], dropout(0.3, noise_shape=(None, 1, 1, 8)), *layers[3:]],
+    }
+    for what, changed in variants.items():
+        with pytest.raises(ConfigError, match="not the network the fused trainer computes"):
+            fused.check_model(keras.Sequential(changed, name=spec.name), spec)
+            pytest.fail(f"accepted dropout with {what}")
+    with pytest.raises(ConfigError, match="not the network"):
+        fused.check_model(build_variant(dataclasses.replace(spec, dropout=0.0)), spec)
+
+
 def test_fused_trainer_refuses_other_backends() -> None:
     with pytest.raises(ConfigError, match="needs the JAX backend"):
         plan_trainers(ExperimentConfig(backend="tensorflow", trainer="fused"))
@@ -155,9 +198,9 @@ def test_fused_trainer_refuses_other_backends() -> None:
 def test_a_refused_trainer_stops_the_run_before_anything_is_written(tmp_path, monkeypatch) -> None:
     from mnist_cnn.experiment import run_experiment
 
-    monkeypatch.setitem(MODEL_VARIANTS, "DR", ModelSpec(key="DR", name="Model_DR", filters=8, dropout=0.5))
-    with pytest.raises(ConfigError, match="does not compute dropout"):
-        run_experiment(ExperimentConfig(models=("DR",), trainer="fused", limit=64, epochs=1), tmp_path / "run")
+    monkeypatch.setitem(MODEL_VARIANTS, "BN", SpecWithBatchNorm(key="BN", name="Model_BN", filters=8, batch_norm=True))
+    with pytest.raises(ConfigError, match="does not compute batch_norm"):
+        run_experiment(ExperimentConfig(models=("BN",), trainer="fused", limit=64, epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -168,3 +211,171 @@ def test_a_config_for_another_backend_is_refused_before_training(tmp_path) -> No
     with pytest.raises(ConfigError, match="for the tensorflow backend but Keras is running jax"):
         run_experiment(ExperimentConfig(backend="tensorflow", limit=64, epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def injected_masks(spec: ModelSpec, params: list[jax.Array], count: int, seed: int) -> list[jax.Array]:
+    """Masks to inject into both trainers, of the shapes the fused trainer draws."""
+    return fused.dropout_masks(jax.random.key(seed), spec.dropout, params, count)
+
+
+@pytest.fixture
+def keras_draws(monkeypatch):
+    """``keras_draws(masks)``: from then on Keras's Dropout layers (JAX backend: ``jax.random.bernoulli``
+    in keras.src.backend.jax.random) draw ``masks``, in layer order; Keras's own code scales and
+    selects. Returns the list of (probability, shape) of each draw Keras makes."""
+
+    def inject(masks: list[jax.Array]) -> list[tuple]:
+        drawn: list[tuple] = []
+
+        def bernoulli(key, p, shape):
+            mask = masks[len(drawn) % len(masks)]
+            drawn.append((p, tuple(shape)))
+            return jnp.reshape(mask, shape)  # (N, P*P*F) in Flatten's (NHWC) order -> (N, P, P, F).
+
+        monkeypatch.setattr(jax.random, "bernoulli", bernoulli)
+        return drawn
+
+    return inject
+
+
+@pytest.mark.parametrize("key", DROPOUT_SPECS)
+def test_with_the_same_masks_dropout_gives_keras_loss_and_gradients(key: str, images_and_labels, keras_draws) -> None:
+    images, labels = images_and_labels
+    spec = DROPOUT_SPECS[key]
+    model = perturbed_model(key)
+    state = fused.read_state(model)
+    masks = injected_masks(spec, state.params, len(images), seed=7)
+    drawn = keras_draws(masks)
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+    loss_function = keras.losses.SparseCategoricalCrossentropy()
+
+    def keras_loss(params):
+        probabilities, _ = model.stateless_call(params, non_trainable, images, training=True)
+        return loss_function(labels, probabilities)
+
+    expected_loss, expected = jax.value_and_grad(keras_loss)(state.params)
+    assert [shape[1:] for _, shape in drawn] == [
+        (spec.pooled_size, spec.pooled_size, spec.filters),
+        *[(units,) for units in spec.dense_units],
+    ]
+    assert all(p == pytest.approx(1 - spec.dropout) for p, _ in drawn)
+    (loss, _), actual = jax.value_and_grad(fused.batch_loss_and_correct, has_aux=True)(
+        state.params, jnp.asarray(images), jnp.asarray(labels), masks, spec.dropout
+    )
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
+    without = fused.batch_loss_and_correct(state.params, jnp.asarray(images), jnp.asarray(labels))[0]
+    assert abs(float(without) - float(loss)) > 1e-2  # The masks matter.
+    for variable, got, want in zip(model.trainable_variables, actual, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6, err_msg=variable.path)
+
+
+@pytest.mark.parametrize("key", DROPOUT_SPECS)
+def test_with_the_same_masks_one_step_gives_model_fit_weights(
+    key: str, images_and_labels, keras_draws, monkeypatch
+) -> None:
+    """Keras's own train step (train_on_batch) and the fused step, both given the same masks."""
+    images, labels = images_and_labels
+    spec = DROPOUT_SPECS[key]
+    keras_model, fused_model = perturbed_model(key), perturbed_model(key)
+    state = fused.read_state(fused_model)
+    masks = injected_masks(spec, state.params, len(images), seed=8)
+    drawn = keras_draws(masks)
+    keras_model.train_on_batch(images, labels)
+    assert len(drawn) == len(masks)
+    monkeypatch.setattr(fused, "dropout_masks", lambda key, rate, params, count: masks)
+    step = fused.make_train_step(fused_model.optimizer, spec.dropout)
+    params, *_ = step(
+        state.params, state.optimizer_state, jnp.asarray(images), jnp.asarray(labels), fused.dropout_epoch_key(0, 0), 0
+    )
+    for variable, got, want in zip(keras_model.trainable_variables, params, keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=variable.path)
+
+
+@pytest.mark.parametrize("key", DROPOUT_SPECS)
+def test_over_many_masks_the_mean_dropout_loss_is_keras(key: str, images_and_labels) -> None:
+    """Each trainer's own generator, 200 masks each: the same mean training loss within noise."""
+    images, labels = images_and_labels
+    spec = DROPOUT_SPECS[key]
+    model = perturbed_model(key)
+    state = fused.read_state(model)
+    loss_function = keras.losses.SparseCategoricalCrossentropy()
+
+    @jax.jit
+    def keras_loss(non_trainable):
+        probabilities, non_trainable = model.stateless_call(state.params, non_trainable, images, training=True)
+        return loss_function(labels, probabilities), non_trainable
+
+    @jax.jit
+    def fused_loss(batch):
+        masks = fused.dropout_masks(
+            jax.random.fold_in(fused.dropout_epoch_key(3, 0), batch), spec.dropout, state.params, len(images)
+        )
+        return fused.batch_loss_and_correct(
+            state.params, jnp.asarray(images), jnp.asarray(labels), masks, spec.dropout
+        )[0]
+
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+    keras_losses = []
+    for _ in range(200):
+        loss, non_trainable = keras_loss(non_trainable)
+        keras_losses.append(float(loss))
+    fused_losses = [float(fused_loss(batch)) for batch in range(200)]
+    assert min(len(set(keras_losses)), len(set(fused_losses))) > 190  # New masks every time.
+    difference = np.mean(fused_losses) - np.mean(keras_losses)
+    noise = np.sqrt(np.var(fused_losses, ddof=1) / 200 + np.var(keras_losses, ddof=1) / 200)
+    assert abs(difference) < 4 * noise, (difference, noise)
+    inference = float(fused.batch_loss_and_correct(state.params, jnp.asarray(images), jnp.asarray(labels))[0])
+    assert abs(np.mean(fused_losses) - inference) > 8 * noise  # Dropout moves the loss: the test can tell.
+
+
+def test_the_fused_masks_follow_seed_epoch_and_batch_only() -> None:
+    spec = DROPOUT_SPECS["DR"]
+    params = fused.read_state(seeded_model(spec, ExperimentConfig(models=("DR",), backend="jax"))).params
+
+    def masks(seed: int, epoch: int, batch: int) -> list[jax.Array]:
+        return fused.dropout_masks(fused.dropout_key(seed, epoch, batch), spec.dropout, params, 64)
+
+    def flat(drawn: list[jax.Array]) -> np.ndarray:
+        return np.concatenate([np.asarray(mask) for mask in drawn], axis=1)
+
+    drawn = masks(5, 1, 3)
+    assert [mask.shape for mask in drawn] == [(64, 13 * 13 * 8), (64, 32), (64, 16)]
+    first = flat(drawn)
+    np.testing.assert_array_equal(first, flat(masks(5, 1, 3)))
+    for other in (masks(5, 1, 4), masks(5, 2, 3), masks(6, 1, 3)):
+        assert not np.array_equal(first, flat(other))
+    assert first.mean() == pytest.approx(1 - spec.dropout, abs=0.01)  # 64 x 1,400 draws.
+    # The training step draws batch b's masks from the epoch's key and b: those very masks.
+    images = jnp.asarray(np.random.default_rng(3).random((64, 28, 28, 1), dtype=np.float32))
+    labels = jnp.asarray(np.arange(64, dtype="int32") % 10)
+    model = seeded_model(spec, ExperimentConfig(models=("DR",), backend="jax"))
+    state = fused.read_state(model)
+    expected = fused.batch_loss_and_correct(state.params, images, labels, drawn, spec.dropout)[0]
+    step = fused.make_train_step(model.optimizer, spec.dropout)
+    _, _, loss, _ = step(state.params, state.optimizer_state, images, labels, fused.dropout_epoch_key(5, 1), 3)
+    assert float(loss) / 64 == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("key", DROPOUT_SPECS)
+def test_evaluation_and_prediction_drop_nothing(key: str, images_and_labels) -> None:
+    images, labels = images_and_labels
+    model = perturbed_model(key)
+    state = fused.read_state(model)
+    expected_loss, expected_accuracy = model.evaluate(images, labels, batch_size=16, verbose=0)
+    loss, accuracy = fused.evaluate_arrays(state.params, images, labels)
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert accuracy == pytest.approx(expected_accuracy)
+    probabilities = np.asarray(jax.nn.softmax(fused.forward_logits(state.params, jnp.asarray(images))))
+    np.testing.assert_allclose(probabilities, np.asarray(model.predict_on_batch(images)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_dropout_variant_is_trained_by_the_fused_step(small_splits) -> None:
+    """``auto`` and ``fused`` train a dropout variant with the fused step."""
+    config = ExperimentConfig(models=("DR",), epochs=1, seed=5, limit=640, trainer="fused").for_backend("jax")
+    assert plan_trainers(dataclasses.replace(config, trainer="auto"))[0].trainer == "fused"
+    assert plan_trainers(config)[0].trainer == "fused"
+    model = seeded_model(DROPOUT_SPECS["DR"], config)
+    before = [np.asarray(w) for w in model.get_weights()]
+    result = train_model(model, small_splits, config)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    assert np.isfinite(result.history[0]["loss"])

@@ -185,3 +185,22 @@ def test_the_model_fit_trainer_resumes_exactly_too(tmp_path: Path) -> None:
     assert history(killed, "Model_A") == history(straight, "Model_A")
     for got, want in zip(weights(killed, "Model_A"), weights(straight, "Model_A"), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_a_dropout_variant_resumes_with_the_very_same_masks(tmp_path: Path) -> None:
+    """The fused step draws batch b's dropout masks from (seed, epoch, b) only: killed after its
+    first epoch and resumed, a dropout variant ends bit-identical to a straight run."""
+    arguments = ["experiment", "--models", "AD", "--variant", "AD: dropout=0.5", "--limit", "320", "--epochs", "3"]
+    arguments += ["--seed", "5"]
+    straight = tmp_path / "straight"
+    assert cli(*arguments, "--out", straight).returncode == 0
+    killed = tmp_path / "killed"
+    killed_at("epoch-end:Model_AD:1", killed, arguments)
+    resumed = cli("experiment", "--resume", killed)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Model_AD: resuming after epoch 1" in resumed.stdout
+    assert json.loads((killed / "config.json").read_text())["trainers"]["Model_AD"]["trainer"] == "fused"
+    assert history(killed, "Model_AD") == history(straight, "Model_AD")
+    for got, want in zip(weights(killed, "Model_AD"), weights(straight, "Model_AD"), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -17,6 +17,15 @@ bias commute with that max (both are monotone, the bias is per channel), so they
 after it, on a quarter of the values. Only the four-way max and its gradient are written by
 hand (``pool_max4``): XLA's generic max-pool gradient is the slowest op of the whole step.
 
+Dropout (a spec's ``dropout`` rate) is Keras's own: in training each value of the pooled
+features and of each hidden Dense output is kept with probability 1 - rate (drawn by
+``jax.random.bernoulli``, as Keras's JAX backend draws it) and scaled by 1 / (1 - rate);
+evaluation drops nothing. The masks of batch b of epoch e come from ``dropout_key(seed, e, b)``,
+drawn inside the compiled step, so a resumed run draws the very masks an uninterrupted one drew.
+Keras's Dropout layers draw theirs from their own seed generators: the two trainers see
+different masks, so with dropout their weights differ after an epoch (the tests check that the
+same masks give the same step, and the same mean loss over many masks).
+
 What it computes is stated once, in ``train.trainers.fused_refusal``; ``check_model`` checks
 that the Keras model built from the spec is that network, layer by layer, before training.
 """
@@ -34,7 +43,7 @@ import numpy as np
 
 from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import ConfigError
-from mnist_cnn.data.augment import augment_epoch
+from mnist_cnn.data.augment import augment_epoch, epoch_key
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
 from mnist_cnn.train.trainers import fused_refusal
 
@@ -48,12 +57,15 @@ def check_model(model: keras.Model, spec: ModelSpec) -> None:
     refusal = fused_refusal(spec, keras.backend.backend())
     if refusal is not None:
         raise ConfigError(f"{spec.name}: {refusal}; use --trainer keras")
+    dropout = [("Dropout", {"rate": spec.dropout, "noise_shape": None})] if spec.dropout else []
     expected = [
         ("Conv2D", {"filters": spec.filters, "kernel_size": (spec.kernel_size,) * 2, "strides": (1, 1),
                     "padding": "valid", "activation": "relu"}),
         ("MaxPooling2D", {"pool_size": (2, 2), "strides": (2, 2), "padding": "valid"}),
+        *dropout,
         ("Flatten", {}),
-        *[("Dense", {"units": units, "activation": "relu"}) for units in spec.dense_units],
+        *[layer for units in spec.dense_units
+          for layer in [("Dense", {"units": units, "activation": "relu"}), *dropout]],
         ("Dense", {"units": NUM_CLASSES, "activation": "softmax"}),
     ]  # fmt: skip
     actual = [(layer.__class__.__name__, layer.get_config()) for layer in model.layers]
@@ -120,34 +132,86 @@ def _pool_max4_backward(winner: jax.Array, gradient: jax.Array) -> tuple[jax.Arr
 pool_max4.defvjp(_pool_max4_forward, _pool_max4_backward)
 
 
-def forward_logits(params: list[jax.Array], images: jax.Array) -> jax.Array:
-    """Pre-softmax outputs of the CNN for ``params`` in ``model.trainable_variables`` order."""
+# Dropout masks: one stream of keys of its own, apart from augmentation's chunk keys (which fold
+# chunk numbers, far below this, into the same epoch key).
+DROPOUT_STREAM = 0x64726F70  # "drop"
+
+
+def dropout_epoch_key(seed: int, epoch: int) -> jax.Array:
+    """The key of epoch ``epoch``'s dropout masks: batch b's masks draw from ``fold_in(this, b)``."""
+    return jax.random.fold_in(epoch_key(seed, epoch), DROPOUT_STREAM)
+
+
+def dropout_key(seed: int, epoch: int, batch: int) -> jax.Array:
+    """The key of the dropout masks of batch ``batch`` of epoch ``epoch``: a function of the three numbers only."""
+    return jax.random.fold_in(dropout_epoch_key(seed, epoch), batch)
+
+
+def dropout_masks(key: jax.Array, rate: float, params: list[jax.Array], count: int) -> list[jax.Array]:
+    """The keep masks of one batch of ``count`` images: (count, P*P*F) for the pooled features (in
+    Flatten's order), then (count, units) for each hidden Dense layer; True (kept) with probability
+    1 - rate, drawn as Keras's JAX backend draws them (``jax.random.bernoulli``)."""
+    widths = [params[2].shape[0], *(kernel.shape[1] for kernel in params[2:-2:2])]
+    keys = jax.random.split(key, len(widths))
+    return [jax.random.bernoulli(k, 1.0 - rate, (count, width)) for k, width in zip(keys, widths, strict=True)]
+
+
+def drop(values: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
+    """Keras's Dropout in training: kept values scaled by 1 / (1 - rate), the others 0."""
+    return jnp.where(keep, values / (1.0 - rate), 0.0)
+
+
+def forward_logits(
+    params: list[jax.Array], images: jax.Array, masks: list[jax.Array] | None = None, rate: float = 0.0
+) -> jax.Array:
+    """Pre-softmax outputs of the CNN for ``params`` in ``model.trainable_variables`` order.
+
+    ``masks`` (``dropout_masks``'s, for ``rate``): training with dropout; None: inference (or no dropout).
+    """
     conv_kernel, conv_bias, *dense = params
     count = images.shape[0]
+    masks = list(masks) if masks is not None else []
     # The kernel size comes from the spec through the conv kernel's shape (check_model).
     pooled = pool_max4(window_patches(images, conv_kernel.shape[0]) @ placed_kernel(conv_kernel))
     hidden = jax.nn.relu(pooled + conv_bias).reshape(count, -1)  # NHWC flatten order, as keras Flatten.
-    for index in range(0, len(dense) - 2, 2):
+    if masks:
+        hidden = drop(hidden, masks[0], rate)
+    for layer, index in enumerate(range(0, len(dense) - 2, 2), start=1):
         hidden = jax.nn.relu(hidden @ dense[index] + dense[index + 1])
+        if masks:
+            hidden = drop(hidden, masks[layer], rate)
     return hidden @ dense[-2] + dense[-1]
 
 
 def batch_loss_and_correct(
-    params: list[jax.Array], images: jax.Array, labels: jax.Array
+    params: list[jax.Array],
+    images: jax.Array,
+    labels: jax.Array,
+    masks: list[jax.Array] | None = None,
+    rate: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean sparse categorical cross-entropy, and the number of correct predictions."""
-    logits = forward_logits(params, images)
+    """Mean sparse categorical cross-entropy, and the number of correct predictions (of the
+    network as trained: with ``masks`` applied when given, as model.fit's training accuracy)."""
+    logits = forward_logits(params, images, masks, rate)
     log_probabilities = jax.nn.log_softmax(logits)
     losses = -jnp.take_along_axis(log_probabilities, labels[:, None], axis=1)[:, 0]
     correct = jnp.sum(jnp.argmax(logits, axis=1) == labels)
     return jnp.mean(losses), correct
 
 
-def make_train_step(optimizer: keras.optimizers.Optimizer) -> Callable:
-    """One SGD step (or whatever optimizer the config names), compiled, updating in place."""
+def make_train_step(optimizer: keras.optimizers.Optimizer, rate: float = 0.0) -> Callable:
+    """One SGD step (or whatever optimizer the config names), compiled, updating in place.
 
-    def train_step(params, optimizer_state, images, labels):
-        (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(params, images, labels)
+    ``step(params, optimizer_state, images, labels, key, batch)``: with a dropout ``rate``, the
+    masks are drawn in the step from ``fold_in(key, batch)`` (``key``: ``dropout_epoch_key``);
+    without, ``key`` and ``batch`` are not read.
+    """
+
+    def train_step(params, optimizer_state, images, labels, key, batch):
+        masks = dropout_masks(jax.random.fold_in(key, batch), rate, params, images.shape[0]) if rate else None
+        (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(
+            params, images, labels, masks, rate
+        )
         params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
         return params, optimizer_state, loss * labels.shape[0], correct
 
@@ -197,14 +261,15 @@ def write_state(model: keras.Model, state: FusedState) -> None:
 
 
 def run_epoch(
-    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, batch_size: int
+    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, batch_size: int, key: jax.Array
 ) -> tuple[FusedState, float, float]:
-    """One pass over ``images`` in their order (the last batch may be smaller, as in model.fit)."""
+    """One pass over ``images`` in their order (the last batch may be smaller, as in model.fit);
+    ``key``: the epoch's ``dropout_epoch_key``."""
     params, optimizer_state = state.params, state.optimizer_state
     losses, corrects = [], []
-    for start in range(0, len(images), batch_size):
+    for batch, start in enumerate(range(0, len(images), batch_size)):
         params, optimizer_state, loss, correct = step(
-            params, optimizer_state, images[start : start + batch_size], labels[start : start + batch_size]
+            params, optimizer_state, images[start : start + batch_size], labels[start : start + batch_size], key, batch
         )
         losses.append(loss)
         corrects.append(correct)
@@ -222,7 +287,7 @@ def train_epochs(
     generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
     """
     check_model(model, spec)
-    step = make_train_step(model.optimizer)
+    step = make_train_step(model.optimizer, spec.dropout)
     state = read_state(model)
     images = jnp.asarray(splits.X_train)
     labels = jnp.asarray(splits.y_train.astype("int32"))
@@ -235,7 +300,8 @@ def train_epochs(
             epoch_images = images[order]
         else:
             epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, config.augmentation))
-        state, loss, accuracy = run_epoch(step, state, epoch_images, labels[order], config.batch_size)
+        key = dropout_epoch_key(config.seed, epoch)
+        state, loss, accuracy = run_epoch(step, state, epoch_images, labels[order], config.batch_size, key)
         val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
         write_state(model, state)
         logs = {

@@ -18,8 +18,11 @@ from mnist_cnn.core.errors import ConfigError
 
 # What the fused trainer computes, by the spec's fields: each field it reads, and nothing else.
 # (A variant's optimizer and learning rate are the compiled Keras optimizer's, which the fused
-# step applies as model.fit does.)
-FUSED_FIELDS = frozenset({"key", "name", "filters", "kernel_size", "dense_units", "optimizer", "learning_rate"})
+# step applies as model.fit does; dropout is Keras's, with masks from the fused trainer's own
+# generator, train.fused.dropout_key.)
+FUSED_FIELDS = frozenset(
+    {"key", "name", "filters", "kernel_size", "dense_units", "dropout", "optimizer", "learning_rate"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +44,9 @@ def fused_refusal(spec: ModelSpec, backend: str | None) -> str | None:
 
     It computes a k x k 'valid' convolution followed by 2x2 max-pooling as one matrix product
     over (k+1) x (k+1) windows (any k the spec allows), any number of filters and hidden
-    Dense layers. A spec field it does not read is a refusal: a new field added to ModelSpec
-    stays on model.fit until the fused trainer learns it.
+    Dense layers, and dropout after the pooling and each hidden layer. A spec field it does not
+    read is a refusal: a new field added to ModelSpec stays on model.fit until the fused
+    trainer learns it.
     """
     if (backend or "jax") != "jax":
         return f"the fused trainer needs the JAX backend, not {backend}"
