@@ -177,3 +177,36 @@ def test_a_run_of_file_variants_lives_without_the_file(tmp_path: Path) -> None:
     with TestClient(create_app(run_dir)) as client:
         names = [model["name"] for model in client.get("/api/models").json()["models"]]
     assert names == ["Model_F8", "Model_A_dropout"]
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "study.toml"
+
+
+@pytest.mark.parametrize("key", [spec.key for spec in read_variants_file(EXAMPLES)])
+def test_every_example_variant_trains_the_same_with_both_trainers(key: str) -> None:
+    """examples/study.toml, one epoch on 576 images with each trainer: the same weights (dropout
+    draws its masks from each trainer's own generator: there the first epoch's loss agrees within noise)."""
+    import keras
+    import numpy as np
+
+    from mnist_cnn.data.mnist import load_mnist
+    from mnist_cnn.train.loop import train_model
+    from mnist_cnn.train.models import seeded_model
+
+    spec = next(spec for spec in read_variants_file(EXAMPLES) if spec.key == key)
+    splits = load_mnist("bundled", limit=640)
+    trained = {}
+    for trainer in ("fused", "keras"):
+        config = ExperimentConfig(
+            models=(key,), variants=(spec,), epochs=1, seed=5, limit=640, steps_per_execution=8, trainer=trainer
+        ).for_backend(keras.backend.backend())
+        assert plan_trainers(config)[0].trainer == trainer
+        model = seeded_model(spec, config)
+        trained[trainer] = (model.get_weights(), train_model(model, splits, config).history[0]["loss"])
+    (fused_weights, fused_loss), (keras_weights, keras_loss) = trained["fused"], trained["keras"]
+    if spec.dropout:
+        assert fused_loss == pytest.approx(keras_loss, rel=0.05)
+        return
+    for got, want in zip(fused_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert fused_loss == pytest.approx(keras_loss, rel=1e-4)
