@@ -32,6 +32,7 @@ FLOORS = {
     "serve": 5,
     "experiment": 6,
     "sweep": 7,
+    "track": 5,
     "cli": 8,
 }
 

@@ -21,6 +21,8 @@ from mnist_cnn.core.config import (
     BACKENDS,
     DEFAULT_BACKEND,
     DEFAULT_CPUS_PER_TRIAL,
+    DEFAULT_TRACKING_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
     MODEL_VARIANTS,
     OPTIMIZERS,
     TRAINERS,
@@ -28,6 +30,7 @@ from mnist_cnn.core.config import (
     BatchingSettings,
     ExperimentConfig,
     ServerSettings,
+    TrackingSettings,
     parse_seeds,
 )
 from mnist_cnn.core.errors import UserError
@@ -37,6 +40,8 @@ from mnist_cnn.core.version import version_text
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# A bare --track: resolved to $MLFLOW_TRACKING_URI or the SQLite default when the command runs.
+TRACK_DEFAULT = object()
 
 
 class Parser(argparse.ArgumentParser):
@@ -123,6 +128,7 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
         "distortion, stroke width, blur, contrast, noise): reads real handwriting better (default: off)",
     )
     add_variant_flags(parser)
+    add_tracking_flags(parser)
     add_backend_flag(parser)
 
 
@@ -144,6 +150,37 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         metavar="'KEY: field=value, ...'",
         help="one variant inline, e.g. 'D: filters=32, dropout=0.5'; repeatable (default: none)",
     )
+
+
+def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--track [URI] and --track-experiment; ``required``: the track command, where --track only says where."""
+    parser.add_argument(
+        "--track",
+        nargs="?",
+        const=TRACK_DEFAULT,
+        default=TRACK_DEFAULT if required else None,
+        metavar="URI",
+        help="also log into MLflow: sqlite:///PATH.db or http://HOST:PORT of a tracking server; a bare --track "
+        f"means $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} (default: "
+        f"{'that' if required else 'off'})",
+    )
+    parser.add_argument(
+        "--track-experiment",
+        default=DEFAULT_TRACKING_EXPERIMENT,
+        metavar="NAME",
+        help="the MLflow experiment the runs go in (default: %(default)s)",
+    )
+
+
+def tracking_from_args(args: argparse.Namespace) -> TrackingSettings | None:
+    """The tracking settings, checked (URI, MLflow installed) before anything is trained; None: off."""
+    if getattr(args, "track", None) is None:
+        return None
+    from mnist_cnn.track.mlflow_tracking import require_mlflow
+
+    settings = TrackingSettings.chosen(None if args.track is TRACK_DEFAULT else args.track, args.track_experiment)
+    require_mlflow()
+    return settings
 
 
 def add_backend_flag(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_variant_flags(variants)
     variants.set_defaults(backend=None)
+
+    track = commands.add_parser(
+        "track", help="log existing run or sweep folders into MLflow (again: nothing is logged twice)"
+    )
+    track.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="run folders and sweep folders")
+    add_tracking_flags(track, required=True)
+    track.set_defaults(backend=None)
 
     report = commands.add_parser(
         "report", help="write the HTML report (one self-contained page) of a run folder or a compare sweep"
@@ -354,8 +398,9 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
     else:
         config = config_from_args(args, backend)
         run = RunFolder(args.out) if args.out is not None else RunFolder.new()
+    tracking = tracking_from_args(args)
     try:
-        run_experiment(config, run.path)
+        run_experiment(config, run.path, tracking=tracking)
     except KeyboardInterrupt:
         print(
             f"mnist-cnn: interrupted; finished epochs are saved. Resume with: mnist-cnn experiment --resume {run.path}",
@@ -377,6 +422,7 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
         baseline = args.baseline.strip().upper() if args.baseline else None
         sweep_config = SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds, baseline=baseline)
         sweep = SweepFolder(args.out) if args.out is not None else SweepFolder.new()
+    tracking = tracking_from_args(args)
     try:
         run_sweep(
             sweep_config,
@@ -384,6 +430,7 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
             ray_address=args.ray_address,
             workers=args.workers,
             cpus_per_trial=args.cpus_per_trial,
+            tracking=tracking,
         )
     except KeyboardInterrupt:
         print(
@@ -392,6 +439,16 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    return 0
+
+
+def command_track(args: argparse.Namespace, backend: str) -> int:
+    """Back-fill: each folder's runs into the store, continuing those already there."""
+    from mnist_cnn.track.mlflow_tracking import track_folders
+
+    settings = tracking_from_args(args)
+    summary = track_folders(args.paths, settings, sys.stdout)
+    print(summary)
     return 0
 
 
@@ -483,6 +540,7 @@ COMMANDS: dict[str, Any] = {
     "experiment": command_experiment,
     "train": command_experiment,
     "compare": command_compare,
+    "track": command_track,
     "report": command_report,
     "variants": command_variants,
     "evaluate": command_evaluate,

@@ -8,13 +8,16 @@ file it reads or writes goes through ``runs.RunFolder``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import keras
 
-from mnist_cnn.core.config import PREDICTION_INDICES, ExperimentConfig
+from mnist_cnn.core.config import PREDICTION_INDICES, ExperimentConfig, TrackingSettings
 from mnist_cnn.core.environment import describe_environment
 from mnist_cnn.core.errors import ConfigError, RunFolderError
 from mnist_cnn.core.faults import fault_point
@@ -26,6 +29,7 @@ from mnist_cnn.report.figures import plot_comparison, plot_learning_curves, plot
 from mnist_cnn.report.html import write_run_report
 from mnist_cnn.store.checkpoints import restore_checkpoint, save_checkpoint
 from mnist_cnn.store.runs import ModelFolder, RunFolder
+from mnist_cnn.track.mlflow_tracking import Tracker
 from mnist_cnn.train.evaluation import evaluate_model, predict_test_images, time_inference
 from mnist_cnn.train.loop import ExperimentProgress, ResumePoint, TrainingResult, train_model
 from mnist_cnn.train.models import seeded_model
@@ -33,33 +37,44 @@ from mnist_cnn.train.trainers import TrainerChoice, plan_trainers, trainer_summa
 
 
 def run_experiment(
-    config: ExperimentConfig, run_dir: str | Path, stream: TextIO | None = None
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    stream: TextIO | None = None,
+    tracking: TrackingSettings | None = None,
 ) -> dict[str, ModelMetrics]:
     """Train every model of ``config`` and write the whole run folder; return each model's metrics.
 
     The config is bound to the backend Keras runs (a clear error if it cannot be). Into a
     folder that already holds a run with the same config, this resumes: finished models
-    are kept, the model in training continues from its last checkpoint.
+    are kept, the model in training continues from its last checkpoint. With ``tracking``,
+    each model is also an MLflow run, its epochs logged as they end (a resume continues it).
     """
     stream = stream or sys.stdout  # Looked up now, not at import: callers may redirect it.
     config = config.for_backend(keras.backend.backend())
     trainers = plan_trainers(config)  # Before anything is written or loaded: a refusal costs nothing.
     splits = load_training_data(config)  # Before the run folder exists: bad data leaves no failed run behind.
     run = RunFolder(run_dir).create()
+    tracker = Tracker(tracking, stream, hint=run.path) if tracking else None
     with run.lock():
         resumed = adopt_run_folder(config, run, trainers)
         run.remove_partial_files()
         run.write_status("running", resumed=resumed)
         try:
-            metrics, models = train_all(config, run, splits, stream, trainers)
+            metrics, models = train_all(config, run, splits, stream, trainers, tracker)
         except KeyboardInterrupt:
             run.write_status("interrupted")
+            if tracker is not None:  # The store gets what the folder holds; unfinished models: KILLED.
+                tracker.sync_run(run)
             raise
         except BaseException as error:
             run.write_status("failed", error=f"{error.__class__.__name__}: {error}")
+            if tracker is not None:
+                tracker.sync_run(run)
             raise
         run.write_status("finished", resumed=resumed)
         write_report(run, splits, models, stream)
+        if tracker is not None:
+            tracker.sync_run(run)  # Finished: final metrics, the report and files, status FINISHED.
     return metrics
 
 
@@ -107,6 +122,7 @@ def adopt_run_folder(config: ExperimentConfig, run: RunFolder, trainers: list[Tr
 def run_details(trainers: list[TrainerChoice]) -> dict[str, Any]:
     """What config.json holds beside the settings: the software and hardware that ran them."""
     return {
+        "run_id": uuid.uuid4().hex,  # Names the run wherever its folder goes (tracking keys its runs by it).
         "mnist_cnn_version": package_version(),
         "mnist_cnn_commit": git_commit(),
         "trainer_used": trainer_summary(trainers),
@@ -127,7 +143,12 @@ def load_training_data(config: ExperimentConfig) -> MnistSplits:
 
 
 def train_all(
-    config: ExperimentConfig, run: RunFolder, splits: MnistSplits, stream: TextIO, trainers: list[TrainerChoice]
+    config: ExperimentConfig,
+    run: RunFolder,
+    splits: MnistSplits,
+    stream: TextIO,
+    trainers: list[TrainerChoice],
+    tracker: Tracker | None = None,
 ) -> tuple[dict[str, ModelMetrics], dict[str, keras.Model]]:
     """Train, compare and predict; return each model's metrics, and the models for the report."""
     limited = f" (the first {config.limit} of each: --limit {config.limit})" if config.limit else ""
@@ -151,7 +172,10 @@ def train_all(
             for row in histories[name]:
                 progress.record(name, row["seconds"])
             continue
-        result = train_with_checkpoints(models[name], trainer_of[name], splits, config, folder, progress, stream)
+        on_epoch = None if tracker is None else functools.partial(tracker.log_epochs, run, name)
+        result = train_with_checkpoints(
+            models[name], trainer_of[name], splits, config, folder, progress, stream, on_epoch
+        )
         metrics[name] = finish_model(models[name], result, splits, folder)
         histories[name] = result.history
 
@@ -173,8 +197,14 @@ def train_with_checkpoints(
     folder: ModelFolder,
     progress: ExperimentProgress,
     stream: TextIO,
+    on_epoch: Callable[[list[HistoryRow]], None] | None = None,
 ) -> TrainingResult:
-    """Train one model, checkpointing every epoch; continue from the checkpoint if there is one."""
+    """Train one model, checkpointing every epoch; continue from the checkpoint if there is one.
+
+    ``on_epoch(history)`` (tracking) hears of an epoch once its checkpoint is on disk, so a
+    tracking store never holds an epoch the run folder could lose: a resume logs only the
+    epochs after it.
+    """
     resume = None
     if folder.has_checkpoint():
         state = restore_checkpoint(folder.checkpoint_path, model)
@@ -190,6 +220,8 @@ def train_with_checkpoints(
             epochs_done=len(history), history=history, training_seconds=training_seconds, seed=config.seed
         )
         save_checkpoint(folder.checkpoint_path, model, state)
+        if on_epoch is not None:
+            on_epoch(history)
         fault_point(f"epoch-end:{model.name}:{len(history)}")
 
     return train_model(model, splits, config, progress, resume=resume, on_epoch_end=save, trainer=trainer)

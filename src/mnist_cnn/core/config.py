@@ -7,6 +7,7 @@ same builder with a different number of convolution filters.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from mnist_cnn.core.errors import ConfigError, RunFolderError
@@ -411,3 +412,57 @@ class ServerSettings:
         if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError(f"port must be a whole number from 1 to 65535, got {self.port}")
         _require_positive("workers", self.workers)
+
+
+# --track with no URI: MLflow's own default since 3.7, a SQLite database in the current folder.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_TRACKING_EXPERIMENT = "mnist-cnn"
+# The stores MLflow's client writes to; file: (./mlruns) is deprecated upstream but still works.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingSettings:
+    """``--track [URI]``: where runs and sweeps are also logged (MLflow), checked before any training."""
+
+    uri: str = DEFAULT_TRACKING_URI
+    experiment: str = DEFAULT_TRACKING_EXPERIMENT
+
+    def __post_init__(self) -> None:
+        from urllib.parse import urlsplit
+
+        hint = "give sqlite:///PATH.db or http://HOST:PORT of an MLflow server"
+        scheme, _, rest = self.uri.partition(":")
+        scheme = scheme.lower().split("+")[0]  # postgresql+psycopg2:// and the like.
+        if not rest or scheme not in TRACKING_SCHEMES:
+            raise ConfigError(f"--track {self.uri!r} is not a tracking URI MLflow knows; {hint}")
+        if scheme == "sqlite":
+            path = self.sqlite_path()
+            if path is None:
+                raise ConfigError(f"--track {self.uri!r} names no database file; {hint}")
+            if not path.parent.is_dir():
+                raise ConfigError(f"--track {self.uri!r}: folder {path.parent} does not exist; create it or {hint}")
+        elif scheme in ("http", "https"):
+            try:
+                parts = urlsplit(self.uri)
+                parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+            except ValueError as error:
+                raise ConfigError(f"--track {self.uri!r} is malformed ({error}); {hint}") from None
+            if not parts.hostname:
+                raise ConfigError(f"--track {self.uri!r} names no host; {hint}")
+        if not self.experiment.strip():
+            raise ConfigError("--track-experiment must not be empty")
+
+    def sqlite_path(self) -> Path | None:
+        """The database file of a ``sqlite:///`` URI (relative to the current folder, as SQLAlchemy reads it)."""
+        prefix = "sqlite:///"
+        if not self.uri.lower().startswith(prefix) or len(self.uri) == len(prefix):
+            return None
+        return Path(self.uri[len(prefix) :])
+
+    @classmethod
+    def chosen(cls, uri: str | None, experiment: str = DEFAULT_TRACKING_EXPERIMENT) -> TrackingSettings:
+        """A bare ``--track`` (``uri`` None): ``$MLFLOW_TRACKING_URI`` if set, else the SQLite default."""
+        import os
+
+        return cls(uri=uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI, experiment=experiment)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import platform
 import re
+import socket
 import sys
 import tempfile
 from importlib import metadata
@@ -182,6 +183,7 @@ def describe_environment() -> dict[str, Any]:
         "backend": keras.backend.backend(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "host": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "memory_gib": memory_gib(),

@@ -10,6 +10,7 @@ training stack.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -232,6 +233,17 @@ class RunFolder:
             raise RunFolderError(f"{self.config_path} is not an mnist-cnn run config; the run folder is damaged")
         return record
 
+    def identity(self) -> str:
+        """What names this run wherever its folder is moved or copied: config.json's ``run_id``.
+
+        Runs written before run ids existed are named by the hash of their config.json, which
+        holds the seed, settings and environment, and is never rewritten (a resume keeps it).
+        """
+        record = self.read_record()
+        if isinstance(record.get("run_id"), str):
+            return record["run_id"]
+        return content_identity(self.config_path)
+
     def config(self) -> ExperimentConfig:
         """The config this run was made with."""
         try:
@@ -321,6 +333,11 @@ class RunFolder:
     def read_trial(self) -> dict[str, Any]:
         path = self.path / TRIAL_FILE
         return read_json(path) if path.is_file() else {}
+
+
+def content_identity(path: Path) -> str:
+    """``sha256-<20 hex digits>`` of a file's bytes: the identity of folders written without an id."""
+    return "sha256-" + hashlib.sha256(path.read_bytes()).hexdigest()[:20]
 
 
 def task_identity(trial: dict[str, Any]) -> tuple[Any, ...]:

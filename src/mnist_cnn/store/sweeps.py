@@ -17,7 +17,7 @@ from mnist_cnn.store.layout import (
     SWEEP_FILE,
 )
 from mnist_cnn.store.lock import RunLock
-from mnist_cnn.store.runs import RunFolder, fresh_path
+from mnist_cnn.store.runs import RunFolder, content_identity, fresh_path
 
 
 class SweepFolder:
@@ -60,6 +60,14 @@ class SweepFolder:
     def report_path(self) -> Path:
         return self.path / REPORT_FILE
 
+    @property
+    def statistics_path(self) -> Path:
+        return self.path / STATISTICS_JSON
+
+    @property
+    def statistics_markdown_path(self) -> Path:
+        return self.path / STATISTICS_MARKDOWN
+
     def is_sweep(self) -> bool:
         return self.settings_path.is_file()
 
@@ -75,6 +83,13 @@ class SweepFolder:
             raise RunFolderError(f"{self.settings_path} is not an mnist-cnn sweep; the sweep folder is damaged")
         return settings
 
+    def identity(self) -> str:
+        """sweep.json's ``sweep_id``; for sweeps written before ids existed, the hash of sweep.json."""
+        settings = self.read_settings()
+        if isinstance(settings.get("sweep_id"), str):
+            return settings["sweep_id"]
+        return content_identity(self.settings_path)
+
     def seed_run(self, seed: int) -> RunFolder:
         return RunFolder(self.path / f"{SEED_FOLDER_PREFIX}{seed}")
 
@@ -85,8 +100,8 @@ class SweepFolder:
         return self.path / SWEEP_FIGURES[name]
 
     def write_statistics(self, statistics: dict[str, Any], markdown: str) -> None:
-        write_json(self.path / STATISTICS_JSON, statistics)
-        write_text(self.path / STATISTICS_MARKDOWN, markdown)
+        write_json(self.statistics_path, statistics)
+        write_text(self.statistics_markdown_path, markdown)
 
     def read_statistics(self) -> dict[str, Any]:
-        return read_json(self.path / STATISTICS_JSON)
+        return read_json(self.statistics_path)

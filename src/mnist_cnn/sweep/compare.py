@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from mnist_cnn.core.config import SweepConfig
+from mnist_cnn.core.config import SweepConfig, TrackingSettings
 from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.core.text import say
 from mnist_cnn.report.html import write_run_report
 from mnist_cnn.report.sweep import write_sweep_report, write_sweep_statistics
 from mnist_cnn.store.sweeps import SweepFolder
 from mnist_cnn.sweep.trials import train_seeds
+from mnist_cnn.track.mlflow_tracking import Tracker
 
 
 def run_sweep(
@@ -27,18 +28,31 @@ def run_sweep(
     workers: int | None = None,
     cpus_per_trial: int | None = None,
     stream: TextIO | None = None,
+    tracking: TrackingSettings | None = None,
 ) -> SweepStatistics:
     """Train every seed not finished yet on Ray, then write and return the sweep's statistics.
 
     Into a folder that already holds this sweep, this resumes: finished seeds are kept,
     unfinished ones continue from their checkpoints, and the statistics come out the same.
+    With ``tracking``, this driver (never the Ray workers, which may be on machines that
+    cannot reach the store) logs each trial from its folder as it finishes, under one
+    parent run that ends up holding the statistics.
     """
     stream = stream or sys.stdout
     sweep = SweepFolder(sweep_dir).create()
+    tracker = Tracker(tracking, stream, hint=sweep.path) if tracking else None
+    on_trial = None if tracker is None else lambda seed: tracker.sync_sweep(sweep, seeds=[seed])
     with sweep.lock():
-        train_seeds(sweep_config, sweep, ray_address, workers, cpus_per_trial, stream)
+        try:
+            train_seeds(sweep_config, sweep, ray_address, workers, cpus_per_trial, stream, on_trial)
+        except BaseException:
+            if tracker is not None:
+                tracker.sync_sweep(sweep)
+            raise
         statistics, markdown = write_sweep_statistics(sweep, sweep_config)
         report = write_sweep_report(sweep.path, statistics)
+        if tracker is not None:
+            tracker.sync_sweep(sweep)
     say(stream, "\n" + markdown.rstrip() + f"\n\nEverything is in {sweep.path}; open {report}")
     return statistics
 

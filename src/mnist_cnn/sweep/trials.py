@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from mnist_cnn.core.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig, SweepConfig
@@ -111,12 +112,14 @@ def train_seeds(
     workers: int | None = None,
     cpus_per_trial: int | None = None,
     stream: TextIO | None = None,
+    on_trial: Callable[[int], None] | None = None,
 ) -> None:
     """Train every seed of the sweep that has not finished, as Ray tasks.
 
     Finished seeds are kept; unfinished ones continue from their checkpoints. Where and how
     the trials run (the cluster, ``workers``, ``cpus_per_trial``) is not part of the sweep: a
     resumed sweep may run on other machines, and the results do not depend on it.
+    ``on_trial(seed)`` runs in this process as each trial ends (tracking logs it from its folder).
     """
     stream = stream or sys.stdout
     adopt_sweep_folder(sweep_config, sweep)
@@ -127,7 +130,8 @@ def train_seeds(
         else:
             pending.append(seed)
     if pending:
-        run_trials(sweep_config, sweep, pending, ray_address, CpuPlan.of(workers, cpus_per_trial), stream)
+        plan = CpuPlan.of(workers, cpus_per_trial)
+        run_trials(sweep_config, sweep, pending, ray_address, plan, stream, on_trial)
 
 
 def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
@@ -135,7 +139,8 @@ def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
     if not sweep.is_sweep():
         if sweep.holds_other_files():
             raise RunFolderError(f"{sweep.path} is not empty and is not a sweep folder; choose another --out")
-        sweep.write_settings(sweep_config.to_json())
+        # The id names the sweep wherever its folder goes (tracking keys its runs by it).
+        sweep.write_settings({**sweep_config.to_json(), "sweep_id": uuid.uuid4().hex})
         return
     stored = SweepConfig.from_json(sweep.read_settings())
     if stored != sweep_config:
@@ -407,6 +412,7 @@ def run_trials(
     ray_address: str | None,
     plan: CpuPlan,
     stream: TextIO,
+    on_trial: Callable[[int], None] | None = None,
 ) -> None:
     """Submit one Ray task per seed as CPUs free up, and report each trial as it ends."""
     ray = start_ray(ray_address)
@@ -441,6 +447,8 @@ def run_trials(
                 unfinished = waiting + [trial.seed for trial in running.values()]
                 left = sum(epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed)) for seed in unfinished)
                 report_trial(stream, sweep.seed_run(finished.seed), info, progress, left)
+                if on_trial is not None:
+                    on_trial(finished.seed)
             # A final regrow check is not needed: nothing is left running.
         except KeyboardInterrupt:
             for reference in running:
