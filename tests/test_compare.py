@@ -193,7 +193,8 @@ def test_a_trial_taken_up_by_several_tasks_keeps_where_each_ran(tmp_path: Path) 
 def straight_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 seeds x 2 models x 2 epochs on 300 images, on a local Ray (2 CPUs), uninterrupted."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "straight"
-    result = cli("compare", "--seeds", len(SWEEP_SEEDS), *SWEEP_SETTINGS, "--out", sweep_dir)
+    tracking = f"sqlite:///{sweep_dir.parent / 'mlflow.db'}"  # test_tracking reads it back.
+    result = cli("compare", "--seeds", len(SWEEP_SEEDS), *SWEEP_SETTINGS, "--out", sweep_dir, "--track", tracking)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("trials done") == len(SWEEP_SEEDS)
     assert "Verdict" in result.stdout
@@ -227,6 +228,30 @@ def test_sweep_writes_a_run_folder_per_seed_and_statistics_from_them(straight_sw
     for name in ("test_accuracy", "curves", "epoch_times"):
         with Image.open(sweep.figure_path(name)) as image:
             image.verify()
+
+
+@pytest.mark.slow
+def test_a_tracked_sweep_is_a_parent_run_with_a_child_per_seed_and_model(straight_sweep: Path) -> None:
+    """Logged by the driver as each trial ended, then the statistics: what the folders hold, once."""
+    from .test_tracking import all_runs, assert_run_matches_folder, runs_by_model
+
+    uri = f"sqlite:///{straight_sweep.parent / 'mlflow.db'}"
+    sweep = SweepFolder(straight_sweep)
+    runs = all_runs(uri)
+    parent = next(found for found in runs if found.data.tags.get("mnist_cnn.sweep_key") == sweep.identity())
+    assert len(runs) == 1 + 2 * len(SWEEP_SEEDS) and parent.info.status == "FINISHED"
+    for seed in SWEEP_SEEDS:
+        for model, found in runs_by_model(uri, sweep.seed_run(seed)).items():
+            assert found.data.tags["mlflow.parentRunId"] == parent.info.run_id and found.data.tags["seed"] == str(seed)
+            assert found.data.tags["host"] == sweep.seed_run(seed).read_trial()["host"]
+            assert_run_matches_folder(uri, found, sweep.seed_run(seed), model)
+    statistics = SweepStatistics.from_json(sweep.read_statistics())
+    assert statistics.comparison is not None
+    difference = statistics.comparison.differences["test_accuracy"]
+    assert parent.data.metrics["Model_B-Model_A/test_accuracy/difference"] == difference.summary.mean
+    assert parent.data.metrics["seeds_finished"] == len(SWEEP_SEEDS)
+    assert parent.data.tags["verdict.Model_B"] == statistics.comparison.verdict
+    assert json.loads(parent.data.params["seeds"]) == list(SWEEP_SEEDS)
 
 
 @pytest.mark.slow

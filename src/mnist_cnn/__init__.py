@@ -6,6 +6,7 @@ holds the rule), so the story reads bottom to top:
     cli.py        8  the mnist-cnn command: parse flags, print, exit codes
     sweep/        7  compare: one trial per seed as Ray tasks, CPUs shared out, resumable
     experiment.py 6  run_experiment(config, run_dir): the specification end to end; evaluate_run
+    track/        5  every run and sweep also in MLflow, from its folders (--track, mnist-cnn track)
     report/       5  figures, the one table of measures, report.html per run and per sweep
     serve/        5  the draw-a-digit web app, its JSON API and batching inference worker
     train/        4  the CNN defined once (models), both trainers (fused, model.fit), evaluation

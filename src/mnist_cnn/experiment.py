@@ -220,9 +220,9 @@ def train_with_checkpoints(
             epochs_done=len(history), history=history, training_seconds=training_seconds, seed=config.seed
         )
         save_checkpoint(folder.checkpoint_path, model, state)
+        fault_point(f"epoch-end:{model.name}:{len(history)}")  # Checkpoint written, epoch not yet tracked.
         if on_epoch is not None:
             on_epoch(history)
-        fault_point(f"epoch-end:{model.name}:{len(history)}")
 
     return train_model(model, splits, config, progress, resume=resume, on_epoch_end=save, trainer=trainer)
 

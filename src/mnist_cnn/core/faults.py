@@ -1,8 +1,9 @@
 """A test hook that stops the process at a named point, so every kill test is exact and repeatable.
 
-``MNIST_CNN_FAULT=kill@POINT`` (SIGKILL) or ``interrupt@POINT`` (SIGINT, as Ctrl-C) makes the
-process stop itself when it reaches ``fault_point(POINT)``. Unset, it does nothing: a point is
-one environment lookup.
+``MNIST_CNN_FAULT=kill@POINT`` (SIGKILL), ``interrupt@POINT`` (SIGINT, as Ctrl-C) or
+``pause@POINT`` (SIGSTOP: the test does something, e.g. stops a server, then sends SIGCONT)
+makes the process stop itself when it reaches ``fault_point(POINT)``. Unset, it does nothing:
+a point is one environment lookup.
 """
 
 from __future__ import annotations
@@ -18,4 +19,5 @@ def fault_point(point: str) -> None:
     wanted = os.environ.get(FAULT_ENVIRONMENT, "")
     action, _, where = wanted.partition("@")
     if where == point:
-        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
+        signals = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP}
+        os.kill(os.getpid(), signals.get(action, signal.SIGINT))

@@ -62,6 +62,7 @@ BATCH_LIMIT = 1000  # MLflow's most metrics in one log_batch call.
 STATUS_OF_STATE = {"failed": "FAILED", "interrupted": "KILLED"}
 
 T = TypeVar("T")
+NewRun = tuple[str, dict[str, str], dict[str, str], int]  # Run name, tags, parameters, start (ms).
 
 
 class TrackingError(UserError):
@@ -230,15 +231,17 @@ class Tracker:
         found = client.search_runs([self._experiment_id], filter_string=f"tags.`{tag}` = '{key}'", max_results=1)
         return found[0].info.run_id if found else None
 
-    def _run(self, tag: str, key: str, create: Callable[[], tuple[str, dict[str, str], dict[str, str]]]) -> str:
-        """The MLflow run tagged ``tag=key``; made by ``create`` (name, tags, params) if there is none."""
+    def _run(self, tag: str, key: str, create: Callable[[], NewRun]) -> str:
+        """The MLflow run tagged ``tag=key``; made by ``create`` (name, tags, params, start) if there is none."""
         if key not in self._run_ids:
             run_id = self._find(tag, key)
             if run_id is None:
                 from mlflow.entities import Param
 
-                name, tags, params = create()
-                run_id = self.client.create_run(self._experiment_id, run_name=name, tags={**tags, tag: key}).info.run_id
+                name, tags, params, started = create()
+                run_id = self.client.create_run(
+                    self._experiment_id, start_time=started, run_name=name, tags={**tags, tag: key}
+                ).info.run_id
                 self.client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
                 self.created += 1
             else:
@@ -249,7 +252,7 @@ class Tracker:
     # ------------------------------------------------------------ a run folder
 
     def _model_run(self, run: RunFolder, model: str, parent: str | None = None) -> str:
-        def create() -> tuple[str, dict[str, str], dict[str, str]]:
+        def create() -> NewRun:
             record = run.read_record()
             config = run.config()
             spec = next(spec for spec in config.model_specs() if spec.name == model)
@@ -268,7 +271,8 @@ class Tracker:
             }
             if parent is not None:
                 tags[PARENT_TAG] = parent
-            return f"{model} seed {config.seed} ({run.path.name})", tags, run_params(config, spec)
+            name = f"{model} seed {config.seed} ({run.path.name})"
+            return name, tags, run_params(config, spec), started_ms(run)
 
         return self._run(RUN_KEY_TAG, f"{run.identity()}/{model}", create)
 
@@ -299,7 +303,7 @@ class Tracker:
                 if run_done(run) and logged.data.tags.get(ARTIFACTS_TAG) != "logged":
                     self._log_artifacts(run_id, run, folder)
                 if logged.info.status != "FINISHED":
-                    self.client.set_terminated(run_id, "FINISHED")
+                    self.client.set_terminated(run_id, "FINISHED", end_time=finished_ms(run, folder))
             elif state in STATUS_OF_STATE and logged.info.status == "RUNNING":
                 self.client.set_terminated(run_id, STATUS_OF_STATE[state])
 
@@ -324,10 +328,11 @@ class Tracker:
     # ------------------------------------------------------------ a sweep folder
 
     def _sweep_run(self, sweep: SweepFolder) -> str:
-        def create() -> tuple[str, dict[str, str], dict[str, str]]:
+        def create() -> NewRun:
             settings = SweepConfig.from_json(sweep.read_settings())
             tags = {"mnist_cnn.sweep_folder": str(sweep.path.resolve()), "mnist_cnn.kind": "sweep"}
-            return f"compare {','.join(settings.experiment.models)} ({sweep.path.name})", tags, sweep_params(settings)
+            name = f"compare {','.join(settings.experiment.models)} ({sweep.path.name})"
+            return name, tags, sweep_params(settings), modified_ms(sweep.settings_path)
 
         return self._run(SWEEP_KEY_TAG, sweep.identity(), create)
 
@@ -385,6 +390,34 @@ def model_history(folder: ModelFolder) -> list[HistoryRow]:
     if folder.has_checkpoint():
         return read_checkpoint_state(folder.checkpoint_path).history
     return []
+
+
+def modified_ms(path: Path) -> int:
+    return int(path.stat().st_mtime * 1000)
+
+
+def iso_ms(text: Any) -> int | None:
+    import datetime
+
+    try:
+        return int(datetime.datetime.fromisoformat(str(text)).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def started_ms(run: RunFolder) -> int:
+    """When the run started (its trial's record, else config.json's time): a back-filled run
+    shows when it ran, not when it was logged."""
+    trial = run.read_trial()  # A trial taken up again keeps the tasks before it under "earlier".
+    starts = [iso_ms(task.get("started")) for task in [trial, *trial.get("earlier", [])]]
+    return min((start for start in starts if start), default=None) or modified_ms(run.config_path)
+
+
+def finished_ms(run: RunFolder, folder: ModelFolder) -> int:
+    """When the model was finished: metrics.json is its last file (a trial's end if the files were copied)."""
+    trial_end = iso_ms(run.read_trial().get("finished"))
+    written = modified_ms(folder.metrics_path)
+    return min(written, trial_end) if trial_end else written
 
 
 def run_files(run: RunFolder) -> list[Path]:
