@@ -44,9 +44,11 @@ compare: $(RUNTIME)
 notebook: $(DEV)
 	$(BIN)/jupyter lab notebooks/mnist_cnn.ipynb $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(ARGS)
 
-## The whole suite, as CI runs it.
+## The whole suite, as CI runs it: two processes, each taking one test file at a time (module
+## fixtures such as a sweep are then made once, and no two files share a Ray).
+TEST_WORKERS ?= 2
 test: $(DEV)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## The suite without the tests marked slow (Ray, browser, notebook, subprocess-kill).
 test-fast: $(DEV)

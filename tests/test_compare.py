@@ -1,5 +1,6 @@
-"""compare --seeds: the statistics against independent computations, and real sweeps on Ray
-(local, a two-node cluster, killed and resumed), and its bad inputs."""
+"""compare --seeds: the statistics against independent computations, a real sweep on a local Ray
+(tracked in MLflow), and its bad inputs. A two-node cluster, a killed-and-resumed sweep and a sweep
+of three variants have files of their own, so the parallel suite runs them side by side."""
 
 from __future__ import annotations
 
@@ -7,10 +8,6 @@ import io
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,6 @@ from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
-from mnist_cnn.sweep.compare import run_sweep
 from mnist_cnn.sweep.trials import CpuPlan, SweepProgress
 
 from .conftest import cli
@@ -289,63 +285,6 @@ def test_a_trial_equals_the_same_experiment_run_alone(straight_sweep: Path, tmp_
 
 
 @pytest.mark.slow
-def test_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(straight_sweep: Path, tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "mnist_cnn.cli", "compare", "--seeds", str(len(SWEEP_SEEDS))]
-    driver = subprocess.Popen(
-        [*command, *SWEEP_SETTINGS, "--workers", "1", "--out", str(sweep_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for line in driver.stdout:
-            if "trials done" in line:
-                break
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.wait(timeout=60)
-    first = SweepFolder(sweep_dir).seed_run(0)
-    assert first.is_finished() and not (sweep_dir / "statistics.json").exists()
-    finished_trial = first.read_trial()
-    time.sleep(1)  # Ray's local processes follow their killed driver down.
-
-    result = cli("compare", "--resume", sweep_dir)
-    assert result.returncode == 0, result.stderr
-    assert "seed 0: already finished" in result.stdout
-    assert first.read_trial() == finished_trial  # Not trained again.
-    straight = SweepStatistics.from_json(SweepFolder(straight_sweep).read_statistics())
-    resumed = SweepStatistics.from_json(SweepFolder(sweep_dir).read_statistics())
-    for name in ("Model_A", "Model_B"):
-        for field in ("test_accuracy", "test_loss", "best_val_accuracy"):
-            assert resumed.values(name, field) == pytest.approx(straight.values(name, field))
-    assert resumed.comparison is not None and straight.comparison is not None
-    for field in ("test_accuracy", "test_loss"):
-        ours, theirs = resumed.comparison.differences[field], straight.comparison.differences[field]
-        assert (ours.summary.mean, ours.summary.ci_low, ours.summary.ci_high, ours.t_test_p, ours.wilcoxon_p) == (
-            pytest.approx(
-                (theirs.summary.mean, theirs.summary.ci_low, theirs.summary.ci_high, theirs.t_test_p, theirs.wilcoxon_p)
-            )
-        )
-
-
-@pytest.mark.slow
-def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        config = SweepConfig(experiment=ExperimentConfig(limit=200, epochs=1, backend="jax"), seeds=(0, 1))
-        statistics = run_sweep(config, tmp_path / "cluster", ray_address=cluster.address, stream=io.StringIO())
-    finally:
-        cluster.shutdown()
-    nodes = {trial.node_id for trial in statistics.trials}
-    assert len(nodes) == 2, statistics.trials  # One CPU a node, two trials at once: one on each.
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -369,39 +308,3 @@ def test_compare_bad_input_gives_one_line_and_exit_code_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-@pytest.mark.slow
-def test_a_sweep_of_three_variants_pairs_each_with_the_baseline(tmp_path: Path) -> None:
-    """3 variants (two of them defined inline) x 3 seeds x 2 epochs on a local Ray: every variant
-    paired with the baseline, Holm-adjusted, equal to the statistics recomputed from the seeds."""
-    sweep_dir = tmp_path / "study"
-    result = cli(
-        "compare", "--seeds", "3", "--models", "A,F8,AD", "--variant", "F8: filters=8", "--variant", "AD: dropout=0.5",
-        "--epochs", "2", "--limit", "300", "--batch-size", "64", "--out", sweep_dir,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    sweep = SweepFolder.existing(sweep_dir)
-    statistics = SweepStatistics.from_json(sweep.read_statistics())
-    assert statistics.model_names == ["Model_A", "Model_F8", "Model_AD"]
-    assert [(c.first, c.second) for c in statistics.comparisons] == [("Model_A", "Model_F8"), ("Model_A", "Model_AD")]
-    accuracy = {
-        name: [RunFolder(sweep_dir / f"seed-{seed}").model(name).read_metrics().test_accuracy for seed in range(3)]
-        for name in statistics.model_names
-    }
-    p_values = []
-    for comparison in statistics.comparisons:
-        expected = stats.paired_difference("test_accuracy", accuracy["Model_A"], accuracy[comparison.second])
-        difference = comparison.differences["test_accuracy"]
-        assert difference.differences == pytest.approx(expected.differences, abs=1e-12)
-        assert difference.t_test_p == pytest.approx(expected.t_test_p)
-        p_values.append(expected.t_test_p)
-    holm = [comparison.differences["test_accuracy"].holm_p for comparison in statistics.comparisons]
-    assert holm == pytest.approx(stats.holm_adjust(p_values))
-    report = sweep.report_path.read_text()
-    for name in statistics.model_names:
-        assert report.count(name) >= 3, name
-    assert "Against the baseline, Model_A" in report and "Ranking by mean test accuracy" in report
-    assert sweep.figure_path("cost").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    config = RunFolder(sweep_dir / "seed-0").config()
-    assert [spec.key for spec in config.variants] == ["F8", "AD"]  # Each seed's run rebuilds without flags.

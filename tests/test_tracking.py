@@ -251,7 +251,7 @@ def test_a_run_killed_and_resumed_is_one_mlflow_run_with_every_epoch_once(tmp_pa
     """Killed after epoch 2's checkpoint, before epoch 2 reached the store: the resume logs epoch 2
     (none missing) and not epoch 1 again (none twice)."""
     uri, run_dir = sqlite_uri(tmp_path), tmp_path / "run"
-    arguments = ("experiment", "--limit", "300", "--epochs", "3", "--out", run_dir, "--track", uri)
+    arguments = ("train", "--model", "A", "--limit", "300", "--epochs", "3", "--out", run_dir, "--track", uri)
     killed = run_cli(*arguments, env={FAULT_ENVIRONMENT: "kill@epoch-end:Model_A:2"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = RunFolder(run_dir)
@@ -260,10 +260,9 @@ def test_a_run_killed_and_resumed_is_one_mlflow_run_with_every_epoch_once(tmp_pa
     resumed = cli("experiment", "--resume", run_dir, "--track", uri)
     assert resumed.returncode == 0, resumed.stderr
     after = runs_by_model(uri, run)
-    assert after["Model_A"].info.run_id == before["Model_A"].info.run_id
-    for model, found in after.items():
-        assert found.info.status == "FINISHED"
-        assert_run_matches_folder(uri, found, run, model)
+    assert set(after) == {"Model_A"} and after["Model_A"].info.run_id == before["Model_A"].info.run_id
+    assert after["Model_A"].info.status == "FINISHED"
+    assert_run_matches_folder(uri, after["Model_A"], run, "Model_A")
 
 
 @contextlib.contextmanager
@@ -313,7 +312,7 @@ def wait_until_stopped(process: subprocess.Popen, timeout: float = 300) -> None:
 def test_a_tracking_server_killed_mid_run_costs_a_warning_and_track_completes_the_store(tmp_path: Path) -> None:
     port = free_port()
     uri, run_dir = f"http://127.0.0.1:{port}", tmp_path / "run"
-    arguments = [sys.executable, "-m", "mnist_cnn.cli", "experiment", "--limit", "300", "--epochs", "3"]
+    arguments = [sys.executable, "-m", "mnist_cnn.cli", "train", "--model", "A", "--limit", "300", "--epochs", "3"]
     with mlflow_server(tmp_path, port) as server:
         training = subprocess.Popen(
             [*arguments, "--out", str(run_dir), "--track", uri],
@@ -337,8 +336,7 @@ def test_a_tracking_server_killed_mid_run_costs_a_warning_and_track_completes_th
         result = cli("track", run_dir, "--track", uri)
         assert result.returncode == 0, result.stderr
         logged = runs_by_model(uri, run)
-        assert set(logged) == {"Model_A", "Model_B"}
-        for model, found in logged.items():
-            assert found.info.status == "FINISHED"
-            assert_run_matches_folder(uri, found, run, model)
-            assert "model.keras" in artifact_names(uri, found.info.run_id)
+        assert set(logged) == {"Model_A"}
+        assert logged["Model_A"].info.status == "FINISHED"
+        assert_run_matches_folder(uri, logged["Model_A"], run, "Model_A")
+        assert "model.keras" in artifact_names(uri, logged["Model_A"].info.run_id)
