@@ -17,11 +17,11 @@ from scipy import stats as scipy_stats
 
 from mnist_cnn.core import stats
 from mnist_cnn.core.config import ExperimentConfig, SweepConfig, parse_seeds
-from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.errors import ConfigError, TrialLostError
 from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
-from mnist_cnn.sweep.trials import CpuPlan, SweepProgress
+from mnist_cnn.sweep.trials import CpuPlan, SweepProgress, trial_result
 
 from .conftest import cli
 
@@ -164,6 +164,26 @@ def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None
     assert progress.eta_seconds(epochs_left=120) == pytest.approx(120 * 614 / 120 / 2)  # Idle CPUs shared.
     fixed = SweepProgress(total=3, concurrency=2, shares_idle_cpus=False, done=2, seconds=600.0, epochs=120)
     assert fixed.eta_seconds(epochs_left=120) == pytest.approx(600.0)  # The last trial runs alone.
+
+
+def test_a_trial_whose_worker_died_is_one_line_naming_the_resume_command(tmp_path: Path) -> None:
+    """A worker killed under the sweep (out of memory, SIGKILL, a long SIGSTOP) is not a bug in
+    mnist-cnn: one line, exit 2, the command that continues from the last epoch."""
+    import ray
+
+    class DeadWorkerRay:
+        exceptions = ray.exceptions
+
+        @staticmethod
+        def get(reference: object) -> object:
+            raise ray.exceptions.WorkerCrashedError()
+
+    sweep = SweepFolder(tmp_path / "sweep")
+    with pytest.raises(TrialLostError) as raised:
+        trial_result(DeadWorkerRay, object(), 3, sweep)
+    message = str(raised.value)
+    assert message.startswith("seed 3: its Ray worker died (WorkerCrashedError")
+    assert message.endswith(f"'mnist-cnn compare --resume {sweep.path}'") and "\n" not in message
 
 
 def test_a_trial_taken_up_by_several_tasks_keeps_where_each_ran(tmp_path: Path) -> None:

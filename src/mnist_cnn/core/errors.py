@@ -27,3 +27,8 @@ class CheckpointError(RunFolderError):
 
 class ImageInputError(UserError, ValueError):
     """An input that is not a usable digit image: not an image, empty, blank, too large."""
+
+
+class TrialLostError(UserError):
+    """A sweep's trial died with its process or node (killed, out of memory, a machine gone):
+    nothing is wrong with the settings, and the sweep resumes from the trial's last epoch."""

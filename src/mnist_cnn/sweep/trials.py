@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from mnist_cnn.core.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig, SweepConfig
-from mnist_cnn.core.errors import ConfigError, RunFolderError, UserError
+from mnist_cnn.core.errors import ConfigError, RunFolderError, TrialLostError, UserError
 from mnist_cnn.core.text import format_duration, say
 from mnist_cnn.store.checkpoints import epochs_done
 from mnist_cnn.store.runs import RunFolder
@@ -481,6 +481,11 @@ def trial_result(ray: Any, reference: Any, seed: int, sweep: SweepFolder) -> dic
     """The trial's answer; a user error inside it becomes one line naming the seed."""
     try:
         return ray.get(reference)
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as error:
+        raise TrialLostError(
+            f"seed {seed}: its Ray worker died ({error.__class__.__name__}: killed, out of memory, or its node "
+            f"gone); finished epochs are saved: continue with 'mnist-cnn compare --resume {sweep.path}'"
+        ) from None
     except ray.exceptions.RayTaskError as error:
         cause = error.cause
         if isinstance(cause, UserError):
