@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,13 @@ def run_cli(*arguments: str, env: dict[str, str] | None = None, timeout: int = 6
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server a test starts, or one it wants absent)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

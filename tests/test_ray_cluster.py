@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import cli
+from .conftest import cli, free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 START_TIMEOUT_S = 120  # One `ray start` on a busy 2-core machine takes 10 to 30 seconds.
@@ -39,12 +38,6 @@ SWEEP = ("compare", "--seeds", "2", "--models", "A", "--epochs", "1", "--limit",
 RAY_LOG_MARKS = ("gcs_client.cc", "InvalidAuthToken", "WARNING", "(raylet)", "[20")
 # Matplotlib's font list and the like stay where they are when HOME moves.
 XDG = {"XDG_CACHE_HOME": ".cache", "XDG_CONFIG_HOME": ".config"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclasses.dataclass

@@ -49,11 +49,16 @@ def straight_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+def assert_same_model(run_dir: Path, straight_run: Path, name: str) -> None:
+    """The same history (times aside) and, bit for bit, the same weights."""
+    assert history(run_dir, name) == history(straight_run, name), name
+    for got, want in zip(weights(run_dir, name), weights(straight_run, name), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def assert_same_result(run_dir: Path, straight_run: Path) -> None:
     for name in ("Model_A", "Model_B"):
-        assert history(run_dir, name) == history(straight_run, name), name
-        for got, want in zip(weights(run_dir, name), weights(straight_run, name), strict=True):
-            np.testing.assert_array_equal(got, want)
+        assert_same_model(run_dir, straight_run, name)
         assert not RunFolder(run_dir).model(name).has_checkpoint()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     assert not (run_dir / "run.lock").exists()
@@ -182,9 +187,7 @@ def test_the_model_fit_trainer_resumes_exactly_too(tmp_path: Path) -> None:
     resumed = run_cli("experiment", "--resume", killed)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 2" in resumed.stdout
-    assert history(killed, "Model_A") == history(straight, "Model_A")
-    for got, want in zip(weights(killed, "Model_A"), weights(straight, "Model_A"), strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_same_model(killed, straight, "Model_A")
 
 
 @pytest.mark.slow
@@ -201,6 +204,4 @@ def test_a_dropout_variant_resumes_with_the_very_same_masks(tmp_path: Path) -> N
     assert resumed.returncode == 0, resumed.stderr
     assert "Model_AD: resuming after epoch 1" in resumed.stdout
     assert json.loads((killed / "config.json").read_text())["trainers"]["Model_AD"]["trainer"] == "fused"
-    assert history(killed, "Model_AD") == history(straight, "Model_AD")
-    for got, want in zip(weights(killed, "Model_AD"), weights(straight, "Model_AD"), strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_same_model(killed, straight, "Model_AD")

@@ -19,7 +19,7 @@ import uvicorn
 from PIL import Image, ImageFont
 
 from mnist_cnn.data.robustness import fonts, printed_digit
-from tests.conftest import cli
+from tests.conftest import cli, free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -47,12 +47,6 @@ def trained_run(tmp_path_factory) -> Path:
     result = cli(*arguments, run_dir)
     assert result.returncode == 0, result.stderr
     return run_dir
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

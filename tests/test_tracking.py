@@ -31,7 +31,7 @@ from mnist_cnn.core.version import package_version
 from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
 from mnist_cnn.track.mlflow_tracking import FINAL_METRICS, PARENT_TAG, RUN_KEY_TAG, SWEEP_KEY_TAG
-from tests.conftest import cli, run_cli
+from tests.conftest import cli, free_port, run_cli
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RUN_ARGS = ("experiment", "--limit", "300", "--epochs", "2", "--seed", "3")
@@ -229,12 +229,6 @@ def test_without_mlflow_track_says_how_to_install_it(tmp_path: Path, monkeypatch
 
 
 # ---------------------------------------------------------------- faults never cost a result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_tracking_server_that_is_down_costs_one_warning_and_nothing_else(tmp_path: Path) -> None:
