@@ -232,10 +232,12 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
     from mnist_cnn.serve.app import create_app
 
     release = threading.Event()
+    busy = threading.Event()  # Set once the worker holds a real request (not a warm-up batch).
 
     def slow_forward(model):
         def forward(images):
             if len(images) and images.any():  # Warm-up batches are blank: they pass at once.
+                busy.set()
                 release.wait(timeout=60)
             return np.full((len(images), 10), 0.1, dtype=np.float32)
 
@@ -253,9 +255,13 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
         waiting = [threading.Thread(target=post) for _ in range(3)]  # One in the worker, two queued.
         for thread in waiting:
             thread.start()
+        # Two queued requests alone are not enough: until the worker has taken the first one
+        # out of the queue, a fourth request would still fit (and then wait into a 504).
+        assert busy.wait(timeout=30), "the worker never started on a request"
         deadline = time.monotonic() + 30
         while app.state.worker._queue.qsize() < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert app.state.worker._queue.qsize() == 2
         refused = http.post("/api/predict", content=upload)
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1" and "busy" in refused.json()["detail"]
