@@ -3,6 +3,7 @@ back byte for byte, is computed again from its seed folders, and is shown by one
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -34,17 +35,15 @@ def docs_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of docs/compare whose seeds count as finished.
 
     The stored seeds hold what statistics need (config.json, trial.json, each model's
-    metrics.json and history.csv) but neither status.json nor the models (too large for
-    the repository): both are stood in for, so ``collect`` reads the seeds as it would in a sweep.
+    metrics.json and history.csv) but not the models (too large for the repository), which
+    statistics do without; they were copied before ``mnist-cnn publish`` kept status.json,
+    so that is stood in for.
     """
     sweep_dir = tmp_path_factory.mktemp("docs") / "compare"
     shutil.copytree(DOCS_COMPARE, sweep_dir)
     sweep = SweepFolder.existing(sweep_dir)
-    for seed in SweepConfig.from_json(sweep.read_settings()).seeds:
-        run = sweep.seed_run(seed)
-        run.write_status("finished")
-        for folder in run.model_folders():
-            folder.model_path.write_bytes(b"")  # Only its presence counts here.
+    for seed in sweep.seeds():
+        sweep.seed_run(seed).write_status("finished")
     return sweep_dir
 
 
@@ -189,6 +188,58 @@ def test_report_of_a_sweep_with_no_finished_seed_is_one_line_and_exit_code_2(tmp
     assert "no seed has finished" in result.stderr
     assert f"mnist-cnn compare --resume {sweep_dir}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---------------------------------------------------------------- publishing a sweep
+
+
+def test_a_published_sweep_leaves_out_models_and_unfinished_seeds_and_resumes(docs_sweep: Path, tmp_path: Path) -> None:
+    """publish copies results only; a copy of it resumes without training a finished seed."""
+    from mnist_cnn.sweep.compare import run_sweep
+
+    source = tmp_path / "sweep"
+    shutil.copytree(docs_sweep, source)
+    sweep = SweepFolder.existing(source)
+    for folder in sweep.seed_run(0).model_folders():
+        folder.model_path.write_bytes(b"a model")
+        folder.checkpoint_path.write_bytes(b"a checkpoint")
+    sweep.seed_run(4).write_status("running")  # Unfinished: not published.
+    result = cli("publish", source, "--out", tmp_path / "published")
+    assert result.returncode == 0, result.stderr
+    assert "finished seeds: 0, 1, 2, 3;" in result.stdout
+    published = SweepFolder.existing(tmp_path / "published")
+    assert sorted(path.name for path in published.path.glob("seed-*") if path.is_dir()) == [
+        f"seed-{n}" for n in range(4)
+    ]
+    assert not list(published.path.rglob("model.keras")) and not list(published.path.rglob("checkpoint.npz"))
+    assert published.identity() == sweep.identity()
+    assert (published.path / "statistics.json").read_bytes() == (source / "statistics.json").read_bytes()
+
+    # A copy resumes: the four published seeds are kept (no Ray is started for them).
+    sweep.seed_run(4).write_status("finished")
+    cli("publish", source, "--out", tmp_path / "published")  # Again: replaced, now with seed 4.
+    assert (published.path / "seed-4" / "Model_B" / "metrics.json").is_file()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(published.path, resumed)
+    out = io.StringIO()
+    statistics = run_sweep(SweepConfig.from_json(published.read_settings()), resumed, stream=out)
+    assert out.getvalue().count("already finished") == 5, out.getvalue()
+    _, stored = read_docs_statistics()
+    assert_same_document(as_plain_data(statistics.to_json()), as_plain_data(stored.to_json()))
+
+
+def test_publish_refuses_a_folder_that_is_not_a_copy_of_the_sweep(docs_sweep: Path, tmp_path: Path) -> None:
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me", encoding="utf-8")
+    for destination, message in [(other, "holds something other than a copy"), (docs_sweep, "the sweep itself")]:
+        result = cli("publish", docs_sweep, "--out", destination)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert (other / "todo.txt").read_text(encoding="utf-8") == "keep me"
+    missing = cli("publish", tmp_path / "nothing", "--out", tmp_path / "x")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------- any number of variants

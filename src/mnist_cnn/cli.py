@@ -233,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_flags(track, required=True)
     track.set_defaults(backend=None)
 
+    publish = commands.add_parser(
+        "publish",
+        help="copy a compare sweep's results without its models (for a repository or a site; a copy resumes)",
+    )
+    publish.add_argument("sweep_dir", type=Path, help="a sweep folder written by compare")
+    publish.add_argument("--out", type=Path, required=True, help="the folder to write (replaced if it is a copy)")
+    publish.set_defaults(backend=None)
+
     report = commands.add_parser(
         "report", help="write the HTML report (one self-contained page) of a run folder or a compare sweep"
     )
@@ -452,6 +460,15 @@ def command_track(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+def command_publish(args: argparse.Namespace, backend: str) -> int:
+    from mnist_cnn.store.sweeps import SweepFolder
+
+    seeds = SweepFolder.existing(args.sweep_dir).publish(args.out)
+    finished = ", ".join(map(str, seeds)) or "none"
+    print(f"published {args.sweep_dir} to {args.out} (finished seeds: {finished}; models and checkpoints left out)")
+    return 0
+
+
 def command_report(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.sweep.compare import write_report
 
@@ -541,6 +558,7 @@ COMMANDS: dict[str, Any] = {
     "train": command_experiment,
     "compare": command_compare,
     "track": command_track,
+    "publish": command_publish,
     "report": command_report,
     "variants": command_variants,
     "evaluate": command_evaluate,

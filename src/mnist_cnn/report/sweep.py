@@ -60,7 +60,7 @@ def collect(sweep: SweepFolder, sweep_config: SweepConfig) -> list[SeedResults]:
     results = []
     for seed in sweep_config.seeds:
         run: RunFolder = sweep.seed_run(seed)
-        if not run.is_finished():
+        if not run.has_results():
             continue
         folders = run.model_folders()
         results.append(

@@ -312,6 +312,18 @@ class RunFolder:
             and all(folder.is_finished() for folder in self.model_folders())
         )
 
+    def has_results(self) -> bool:
+        """Finished, with every model's metrics and history: all a sweep's statistics read.
+
+        Unlike ``is_finished`` the model files may be missing: a published sweep
+        (``mnist-cnn publish``) leaves them out, and its seeds still count as done.
+        """
+        return (
+            self.is_run()
+            and self.read_status().get("state") == "finished"
+            and all(folder.metrics_path.is_file() and folder.history_path.is_file() for folder in self.model_folders())
+        )
+
     # A run trained as a trial of a sweep
     @property
     def log_path(self) -> Path:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+from mnist_cnn.core.config import SweepConfig
 from mnist_cnn.core.errors import RunFolderError
 from mnist_cnn.core.files import read_json, write_json, write_text
 from mnist_cnn.store.layout import (
+    CHECKPOINT_FILE,
     LOCK_FILE,
+    MODEL_FILE,
     REPORT_FILE,
     SEED_FOLDER_PREFIX,
     STATISTICS_JSON,
@@ -105,3 +109,49 @@ class SweepFolder:
 
     def read_statistics(self) -> dict[str, Any]:
         return read_json(self.statistics_path)
+
+    def publish(self, destination: str | Path) -> list[int]:
+        """Copy the sweep's results, without model files or checkpoints, to ``destination``.
+
+        For a repository or a web site (docs/compare, docs/study): everything a reader and the
+        statistics need (sweep.json, the statistics, figures and reports, each finished seed's
+        config, status, trial record, log, metrics and history) in a few megabytes instead of
+        the models' hundreds. A copy of it resumes: ``compare --resume`` keeps its seeds (their
+        results are there) and trains only the others, so a long sweep can go on in another
+        session or on another machine. Unfinished seeds are left out. Publishing again into
+        the same destination replaces it; the old copy goes only once the new one is complete.
+        Returns the seeds published.
+        """
+        destination = Path(destination)
+        if destination.resolve() == self.path.resolve():
+            raise RunFolderError(f"{destination} is the sweep itself; publish into another folder")
+        if destination.exists() and any(destination.iterdir()):
+            published = SweepFolder(destination)
+            if not published.is_sweep() or published.identity() != self.identity():
+                raise RunFolderError(
+                    f"{destination} holds something other than a copy of this sweep; choose another folder"
+                )
+        seeds = [seed for seed in self.seeds() if self.seed_run(seed).has_results()]
+        staging = destination.with_name(f".{destination.name}.publishing")
+        shutil.rmtree(staging, ignore_errors=True)
+        leave_out = shutil.ignore_patterns(MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE)
+        try:
+            staging.mkdir(parents=True)
+            for path in sorted(self.path.iterdir()):
+                if path.is_file() and path.name != LOCK_FILE:
+                    shutil.copy2(path, staging / path.name)
+            for seed in seeds:
+                shutil.copytree(self.seed_run(seed).path, staging / self.seed_run(seed).path.name, ignore=leave_out)
+            replaced = destination.with_name(f".{destination.name}.replaced")
+            if destination.exists():
+                destination.rename(replaced)
+            staging.rename(destination)
+            shutil.rmtree(replaced, ignore_errors=True)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RunFolderError(f"could not publish {self.path} to {destination}: {error.strerror or error}") from None
+        return seeds
+
+    def seeds(self) -> list[int]:
+        """The seeds sweep.json asks for, in its order."""
+        return list(SweepConfig.from_json(self.read_settings()).seeds)

@@ -125,7 +125,7 @@ def train_seeds(
     adopt_sweep_folder(sweep_config, sweep)
     pending = []
     for seed in sweep_config.seeds:
-        if sweep.seed_run(seed).is_finished():
+        if sweep.seed_run(seed).has_results():
             say(stream, f"seed {seed}: already finished in {sweep.seed_run(seed).path}, kept")
         else:
             pending.append(seed)
