@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare notebook test test-fast lint format bench bench-sweep bench-serve bench-augment \
+.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -39,6 +39,20 @@ smoke: $(RUNTIME)
 ## Is Model_B better? Both models over 5 seeds (60 epochs each) on a local Ray, with paired statistics.
 compare: $(RUNTIME)
 	$(BIN)/mnist-cnn compare --seeds 5 $(ARGS)
+
+## How many filters does this CNN need? The study of README: six variants x 5 seeds x 60 epochs
+## (hours: it spans sessions). Continues runs/study, else the published docs/study, else starts;
+## then publishes what has finished into docs/study (without models: a few MB, committed).
+STUDY := runs/study
+STUDY_DOCS := docs/study
+STUDY_FLAGS := --models F8,F16,A,B,F128,AD --variants examples/study.toml --seeds 5 --baseline A
+study: $(RUNTIME)
+	[ -d $(STUDY) ] || [ ! -d $(STUDY_DOCS) ] || cp -r $(STUDY_DOCS) $(STUDY)
+	if [ -f $(STUDY)/sweep.json ]; then $(BIN)/mnist-cnn compare --resume $(STUDY) $(ARGS); \
+	else $(BIN)/mnist-cnn compare $(STUDY_FLAGS) --out $(STUDY) $(ARGS); fi; \
+	status=$$?; \
+	[ $$status = 0 ] || $(BIN)/mnist-cnn report $(STUDY) || true; \
+	$(BIN)/mnist-cnn publish $(STUDY) --out $(STUDY_DOCS); exit $$status
 
 ## The specification as a notebook, in JupyterLab (the development set installs it).
 notebook: $(DEV)
