@@ -256,10 +256,11 @@ def test_an_export_that_disagrees_with_keras_is_refused() -> None:
     from mnist_cnn.export.exporter import PARITY_TOLERANCE, ExportedModel, measure_parity, refuse_disagreements
     from mnist_cnn.export.plan import FORMATS as EXPORT_FORMATS
 
-    expected = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], dtype=np.float32)
-    same = measure_parity(expected, expected + 1e-7)
+    expected = np.array([[0.75, 0.25], [0.25, 0.75], [0.625, 0.375]], dtype=np.float32)
+    nudge = 2.0**-20  # About 1e-6, and exact in float32 beside these values.
+    same = measure_parity(expected, expected + np.float32(nudge))
     assert (same.test_images, same.same_top_digit, same.passed) == (3, 3, True)
-    assert same.max_abs_difference == pytest.approx(1e-7, rel=0.01)
+    assert same.max_abs_difference == nudge
     flipped = measure_parity(expected, expected[:, ::-1])
     assert (flipped.same_top_digit, flipped.passed) == (0, False)
     drifted = measure_parity(expected, expected + 2 * PARITY_TOLERANCE)
@@ -272,3 +273,28 @@ def test_an_export_that_disagrees_with_keras_is_refused() -> None:
     assert "Model_A" not in str(raised.value) and "\n" not in str(raised.value)
     with pytest.raises(ExportError, match="shape"):
         measure_parity(expected, expected[:2])
+
+
+def test_a_finished_folder_replaces_the_old_one_whole(tmp_path: Path) -> None:
+    from mnist_cnn.core.files import move_into_place, path_sha256, staging_folder
+
+    target = tmp_path / "Model_A_saved_model"
+    (target / "variables").mkdir(parents=True)
+    (target / "variables" / "old.data").write_bytes(b"old")
+    with staging_folder(tmp_path) as staging:
+        built = staging / target.name
+        (built / "variables").mkdir(parents=True)
+        (built / "saved_model.pb").write_bytes(b"graph")
+        (built / "variables" / "variables.data").write_bytes(b"weights")
+        move_into_place(built, target)
+    assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*")) == [
+        "saved_model.pb",
+        "variables",
+        "variables/variables.data",
+    ]
+    assert [path.name for path in tmp_path.iterdir()] == [target.name]  # Neither the staging nor the old one left.
+    listing = "".join(
+        f"{hashlib.sha256(content).hexdigest()}  {name}\n"
+        for name, content in [("saved_model.pb", b"graph"), ("variables/variables.data", b"weights")]
+    )
+    assert path_sha256(target) == hashlib.sha256(listing.encode()).hexdigest() == sha256_of(target)

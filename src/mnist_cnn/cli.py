@@ -319,9 +319,12 @@ def add_export_parser(commands: Any) -> None:
         "--models",
         type=model_keys,
         default=None,
+        metavar="A,B",
         help="the run's models to export, comma-separated keys such as A,B (default: every trained model of the run)",
     )
-    export.add_argument("--out", type=Path, default=None, help="folder to write (default: RUN_DIR/exports/FORMAT)")
+    export.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="folder to write (default: RUN_DIR/exports/FORMAT)"
+    )
 
 
 def seed_list(text: str) -> tuple[int, ...]:
