@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
-        if args.command == "export":  # It runs on the one backend that exports well, whatever --backend says.
+        if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
         backend = select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
