@@ -33,6 +33,7 @@ FLOORS = {
     "experiment": 6,
     "sweep": 7,
     "track": 5,
+    "export": 5,
     "cli": 8,
 }
 

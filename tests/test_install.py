@@ -14,8 +14,18 @@ from tests.conftest import cli
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements"
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!_-]+)(\s*;\s*\S.*)?$")
-# What the runtime lock must not pull in: the backend it does not need and the development tools.
-NOT_AT_RUNTIME = ("tensorflow", "playwright", "ipykernel", "jupyter", "ruff", "pytest")
+# What the runtime lock must not pull in: the backend it does not need, the exporters and the development tools.
+NOT_AT_RUNTIME = (
+    "tensorflow",
+    "playwright",
+    "ipykernel",
+    "jupyter",
+    "ruff",
+    "pytest",
+    "onnx",
+    "tf2onnx",
+    "ai-edge-litert",
+)
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -99,5 +109,6 @@ def test_the_runtime_lock_is_lean_and_the_dev_lock_contains_it() -> None:
     heavy = sorted(name for name in runtime if name.startswith(NOT_AT_RUNTIME))
     assert heavy == [], f"the runtime lock pins development or TensorFlow packages: {heavy}"
     assert {"tensorflow-cpu", "pytest", "ruff", "playwright", "ipykernel"} <= set(dev)
+    assert {"tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"} <= set(dev)  # The export extra, tested.
     differing = {name: (version, dev.get(name)) for name, version in runtime.items() if dev.get(name) != version}
     assert differing == {}, f"runtime pins missing from the dev lock or at another version: {differing}"

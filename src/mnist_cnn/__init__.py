@@ -9,6 +9,7 @@ holds the rule), so the story reads bottom to top:
     track/        5  every run and sweep also in MLflow, from its folders (--track, mnist-cnn track)
     report/       5  figures, the one table of measures, report.html per run and per sweep
     serve/        5  the draw-a-digit web app, its JSON API and batching inference worker
+    export/       5  ONNX, SavedModel and LiteRT files of a run's models, checked against Keras
     train/        4  the CNN defined once (models), both trainers (fused, model.fit), evaluation
     store/        4  run and sweep folders: every file name, records, checkpoints, the lock
     data/         3  MNIST the Keras way (offline when it must), augmentation, robustness sets

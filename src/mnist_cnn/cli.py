@@ -310,7 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests that may wait; more get 503 with Retry-After (default: %(default)s)",
     )
     add_backend_flag(serve)
+    add_export_parser(commands)
     return parser
+
+
+def add_export_parser(commands: Any) -> None:
+    from mnist_cnn.export.plan import FORMATS
+
+    export = commands.add_parser(
+        "export",
+        help="a run's models as ONNX, TensorFlow SavedModel or LiteRT files, each checked against Keras on test images",
+    )
+    export.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    export.add_argument("--format", required=True, choices=list(FORMATS), help="the format to write")
+    export.add_argument(
+        "--models",
+        type=model_keys,
+        default=None,
+        metavar="A,B",
+        help="the run's models to export, comma-separated keys such as A,B (default: every trained model of the run)",
+    )
+    export.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="folder to write (default: RUN_DIR/exports/FORMAT)"
+    )
 
 
 def seed_list(text: str) -> tuple[int, ...]:
@@ -527,6 +549,41 @@ def predict_image_files(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if len(answered) < len(results) else 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    """Export on Keras's TensorFlow backend (plan.EXPORT_BACKEND says why), in this process when
+    Keras is not loaded yet, else in a new one: the backend cannot change once Keras is imported."""
+    from mnist_cnn.core.environment import select_backend
+    from mnist_cnn.export.plan import EXPORT_BACKEND, plan_export
+
+    plan = plan_export(args.run_dir, args.format, args.models, args.out)  # Every check before Keras loads.
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != EXPORT_BACKEND:
+        return export_in_new_process(args, EXPORT_BACKEND)
+    select_backend(EXPORT_BACKEND)
+    from mnist_cnn.export.exporter import export_run
+
+    result = export_run(plan)
+    for model in result.models:
+        artifact = result.destination.artifact_path(model.name)
+        print(f"{model.name}: {artifact} ({args.format}), {model.parity.describe()}")
+    print(f"wrote {result.destination.manifest_path}")
+    return 0
+
+
+def export_in_new_process(args: argparse.Namespace, backend: str) -> int:
+    """The same export command in a new Python with KERAS_BACKEND=backend; its output passed on."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "mnist_cnn.cli", *(["--debug"] if args.debug else []), "export"]
+    command += [str(args.run_dir), "--format", args.format]
+    command += ["--models", ",".join(args.models)] if args.models else []
+    command += ["--out", str(args.out)] if args.out is not None else []
+    finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
+    sys.stdout.write(finished.stdout)
+    sys.stderr.write(finished.stderr)
+    return finished.returncode
+
+
 def resumed_backend(args: argparse.Namespace) -> str | None:
     """A resumed run continues on the backend it started on, unless --backend says otherwise."""
     if getattr(args, "resume", None) is None:
@@ -579,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
+        if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
+            return command_export(args)
         backend = select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:

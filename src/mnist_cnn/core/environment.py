@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -9,6 +10,7 @@ import re
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -22,7 +24,9 @@ from mnist_cnn.core.errors import ConfigError
 # cpu_feature_guard notice.
 TENSORFLOW_START_UP_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
-    r"|To enable the following instructions:)"
+    r"|To enable the following instructions:"
+    # TensorFlow Lite's interpreter (LiteRT), on its first model: "INFO: Created TensorFlow Lite XNNPACK delegate".
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
 )
 
 
@@ -82,23 +86,30 @@ def import_tensorflow_quietly() -> None:
     """
     if "tensorflow" in sys.modules or not package_installed("tensorflow"):
         return
+    # Without it, Keras says so itself, clearly, when it needs the missing backend.
+    with tensorflow_noise_dropped(), contextlib.suppress(ImportError):
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def tensorflow_noise_dropped() -> Iterator[None]:
+    """Capture file descriptor 2 while the block runs; then print what it got, less
+    TensorFlow's log lines (``TENSORFLOW_START_UP_NOISE``), which C++ code writes there."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            pass  # Keras says so itself, clearly, when it needs the missing backend.
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode("utf-8", errors="replace").splitlines()
-    kept = [line for line in lines if line.strip() and not TENSORFLOW_START_UP_NOISE.match(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", errors="replace").splitlines()
+            kept = [line for line in lines if line.strip() and not TENSORFLOW_START_UP_NOISE.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def package_version(name: str) -> str | None:

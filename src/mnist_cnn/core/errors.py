@@ -32,3 +32,7 @@ class ImageInputError(UserError, ValueError):
 class TrialLostError(UserError):
     """A sweep's trial died with its process or node (killed, out of memory, a machine gone):
     nothing is wrong with the settings, and the sweep resumes from the trial's last epoch."""
+
+
+class ExportError(UserError):
+    """A model cannot be exported, or its export does not answer as the Keras model does."""

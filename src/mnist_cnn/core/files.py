@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +61,72 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staging_folder(parent: Path) -> Iterator[Path]:
+    """Yield a fresh hidden folder inside ``parent`` to build files in, removed afterwards.
+
+    What is built there is moved into ``parent`` with ``move_into_place`` (a rename on the
+    same disk); whatever is left, after a failure too, is deleted with the folder.
+    """
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging{TEMPORARY_MARK}", dir=parent))
+    except OSError as error:
+        raise _write_error(parent, error) from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging_folders(parent: Path) -> None:
+    """Delete the staging folders a killed writer left in ``parent`` (never a finished file)."""
+    for leftover in parent.glob(f".staging{TEMPORARY_MARK}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Rename the finished file or folder ``source`` to ``target``, replacing what is there.
+
+    A file replaces a file in one rename. A folder cannot be renamed over a full folder, so
+    the old one is first renamed aside, then removed: ``target`` is always the old or the
+    new one, whole.
+    """
+    try:
+        if source.is_dir() and target.exists():
+            aside = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(target, aside)
+            os.replace(source, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(source, target)
+    except OSError as error:
+        raise _write_error(target, error) from None
+
+
+def path_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes; of a folder, the sha256 of its ``sha256sum`` listing.
+
+    The listing has one ``<hex digest>  <path relative to the folder>`` line per file, sorted
+    by path (as ``find . -type f | sort | sha256sum`` would list them, without the ``./``).
+    """
+    if path.is_file():
+        return file_sha256(path)
+    relative = sorted(file.relative_to(path).as_posix() for file in path.rglob("*") if file.is_file())
+    listing = "".join(f"{file_sha256(path / name)}  {name}\n" for name in relative)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def current_umask() -> int:

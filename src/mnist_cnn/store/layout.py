@@ -5,6 +5,7 @@ A run folder holds everything needed to reproduce and read a run::
     config.json  status.json  run.lock (while in use)
     comparison.md  comparison.json  comparison.png  predictions.json  predictions.png  report.html
     Model_A/  model.keras  history.csv  metrics.json  loss.png  accuracy.png  checkpoint.npz (while training)
+    exports/onnx/  Model_A.onnx  manifest.json        (mnist-cnn export --format onnx; saved_model, litert)
 
 A sweep folder (``compare``) holds ordinary run folders ``seed-<n>/`` (each with trial.json and
 train.log) beside sweep.json, statistics.json/.md, its figures and report.html.
@@ -40,3 +41,8 @@ SWEEP_FIGURES = {
     "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
+# `mnist-cnn export`: exports/<format>/ holds one artifact per model, named after the model
+# (Model_A.onnx, Model_A_saved_model/, Model_A.tflite), and manifest.json, written last.
+EXPORTS_FOLDER = "exports"
+EXPORT_MANIFEST_JSON = "manifest.json"
+EXPORT_ARTIFACT_SUFFIXES = {"onnx": ".onnx", "saved_model": "_saved_model", "litert": ".tflite"}

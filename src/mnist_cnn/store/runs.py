@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_cnn.core.config import ExperimentConfig
-from mnist_cnn.core.errors import RunFolderError, UserError
+from mnist_cnn.core.errors import ConfigError, RunFolderError, UserError
 from mnist_cnn.core.files import (
     TEMPORARY_MARK,
     atomic_path,
@@ -42,6 +42,9 @@ from mnist_cnn.store.layout import (
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
     CONFIG_FILE,
+    EXPORT_ARTIFACT_SUFFIXES,
+    EXPORT_MANIFEST_JSON,
+    EXPORTS_FOLDER,
     HISTORY_FILE,
     LOCK_FILE,
     LOG_FILE,
@@ -148,6 +151,54 @@ class ModelFolder:
         return read_record(self.metrics_path, ModelMetrics.from_json)
 
 
+# ---------------------------------------------------------------- a folder of exported models
+
+
+class ExportFolder:
+    """A folder of a run's models exported in one format (``RUN/exports/onnx/`` or ``--out``).
+
+    One artifact per model, named after it (a file, or a folder for a SavedModel), and
+    manifest.json, written last: a folder whose manifest is there holds a finished export.
+    """
+
+    def __init__(self, path: str | Path, export_format: str) -> None:
+        if export_format not in EXPORT_ARTIFACT_SUFFIXES:
+            raise ConfigError(
+                f"unknown export format {export_format!r}: choose from {', '.join(EXPORT_ARTIFACT_SUFFIXES)}"
+            )
+        self.path = Path(path)
+        self.format = export_format
+
+    def __repr__(self) -> str:
+        return f"ExportFolder({str(self.path)!r}, {self.format!r})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / EXPORT_MANIFEST_JSON
+
+    def artifact_name(self, model_name: str) -> str:
+        """``Model_A.onnx``, ``Model_A_saved_model``, ``Model_A.tflite``: the model's name, the format's ending."""
+        return f"{model_name}{EXPORT_ARTIFACT_SUFFIXES[self.format]}"
+
+    def artifact_path(self, model_name: str) -> Path:
+        return self.path / self.artifact_name(model_name)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.manifest_path, manifest)
+
+    def read_manifest(self) -> dict[str, Any]:
+        """The manifest of a finished export (a clear error when there is none, or it is damaged)."""
+        if not self.manifest_path.is_file():
+            raise RunFolderError(
+                f"{self.path} holds no finished {self.format} export (no {EXPORT_MANIFEST_JSON}); "
+                f"run 'mnist-cnn export RUN_DIR --format {self.format}'"
+            )
+        manifest = read_json(self.manifest_path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+            raise RunFolderError(f"{self.manifest_path} is not an mnist-cnn export manifest; export again")
+        return manifest
+
+
 # ---------------------------------------------------------------- the run folder
 
 
@@ -214,6 +265,14 @@ class RunFolder:
 
     def model(self, name: str) -> ModelFolder:
         return ModelFolder(self.path / name)
+
+    def export_folder(self, export_format: str) -> Path:
+        """``RUN/exports/<format>/``: where ``mnist-cnn export`` puts the run's models in that format."""
+        return self.exports(export_format).path
+
+    def exports(self, export_format: str) -> ExportFolder:
+        """The run's own export folder for ``export_format``, with its artifact and manifest paths."""
+        return ExportFolder(self.path / EXPORTS_FOLDER / export_format, export_format)
 
     def is_run(self) -> bool:
         return self.config_path.is_file()
