@@ -25,6 +25,7 @@ from mnist_cnn.core.config import (
     DEFAULT_TRACKING_URI,
     MODEL_VARIANTS,
     OPTIMIZERS,
+    SERVE_RUNTIMES,
     TRAINERS,
     Augmentation,
     BatchingSettings,
@@ -296,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes on the one port, each with its own copy of the models (default: %(default)s)",
     )
     serve.add_argument(
+        "--runtime",
+        default=ServerSettings().runtime,
+        help=f"what answers: {' or '.join(SERVE_RUNTIMES)} (onnxruntime on the run's exports, made by "
+        "'mnist-cnn export RUN_DIR --format onnx') (default: %(default)s)",
+    )
+    serve.add_argument(
         "--queue-size",
         type=int,
         default=batching.queue_size,
@@ -530,7 +537,7 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def command_serve(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.serve.app import serve
 
-    server = ServerSettings(host=args.host, port=args.port, workers=args.workers)
+    server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
     serve(args.run_dir, server, settings)
     return 0

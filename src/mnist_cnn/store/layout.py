@@ -5,6 +5,7 @@ A run folder holds everything needed to reproduce and read a run::
     config.json  status.json  run.lock (while in use)
     comparison.md  comparison.json  comparison.png  predictions.json  predictions.png  report.html
     Model_A/  model.keras  history.csv  metrics.json  loss.png  accuracy.png  checkpoint.npz (while training)
+    exports/onnx/  Model_A.onnx  Model_B.onnx  manifest.json (``mnist-cnn export --format onnx``)
 
 A sweep folder (``compare``) holds ordinary run folders ``seed-<n>/`` (each with trial.json and
 train.log) beside sweep.json, statistics.json/.md, its figures and report.html.
@@ -40,3 +41,6 @@ SWEEP_FIGURES = {
     "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
+# `mnist-cnn export RUN_DIR --format F`: exports/<F>/, one file per model, named in its manifest.
+EXPORTS_FOLDER = "exports"
+EXPORT_MANIFEST_FILE = "manifest.json"
