@@ -534,7 +534,13 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def command_serve(args: argparse.Namespace, backend: str) -> int:
+def runs_without_keras(args: argparse.Namespace) -> bool:
+    """``serve --runtime onnx`` loads no Keras model: no backend to choose, and no TensorFlow
+    imported (hundreds of MiB the ONNX server would carry for nothing)."""
+    return args.command == "serve" and args.runtime == "onnx"
+
+
+def command_serve(args: argparse.Namespace, backend: str | None) -> int:
     from mnist_cnn.serve.app import serve
 
     server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
@@ -568,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
-        backend = select_backend(args.backend or resumed_backend(args))
+        backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)
