@@ -89,13 +89,17 @@ class InferenceWorker:
             self._queue.put(None)  # Blocks only while the queue is full; the worker drains it.
             self._thread.join(timeout=30)
 
+    def full(self) -> bool:
+        """Whether a new request would be refused: ``queue_size`` are queued or being decoded."""
+        return self._preparing + self._queue.qsize() >= self.settings.queue_size
+
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Hold a place for one request while it is decoded, before ``submit``: a request being
         prepared counts against ``queue_size`` like one waiting in the queue, so a crowd is
         refused at once (``Overloaded``) instead of waiting for the decoding threads."""
         with self._admission:
-            if self._preparing + self._queue.qsize() >= self.settings.queue_size:
+            if self.full():
                 raise Overloaded(f"{self.settings.queue_size} requests are already waiting")
             self._preparing += 1
         try:
