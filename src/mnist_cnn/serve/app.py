@@ -232,7 +232,8 @@ class ShedWhenFull:
     """Refuse a prediction with 503 before FastAPI routes it or its body is read, while the worker
     is full (an ASGI middleware). Under a crowd, refusals are most of the event loop's work, and
     the answered requests wait behind them at every step (reading, decoding, answering): here a
-    refusal costs a few microseconds, not a full request through the router and error handler."""
+    refusal is two messages, not a request through the router, the upload read and the error
+    handler. The body is left unread; uvicorn discards it and keeps the connection."""
 
     def __init__(self, app: Any, worker: InferenceWorker) -> None:
         self.app, self.worker = app, worker
@@ -245,7 +246,8 @@ class ShedWhenFull:
         ]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/api/predict" and self.worker.full():
+        predicting = scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict"
+        if predicting and self.worker.full():
             await send({"type": "http.response.start", "status": 503, "headers": self.headers})
             await send({"type": "http.response.body", "body": self.body})
             return
