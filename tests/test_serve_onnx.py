@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -118,33 +119,50 @@ def test_the_runtime_is_reported_and_the_models_are_the_same(servers: dict[str, 
     assert [model["parameters"] for model in described["onnx"]["models"]] == [1_103_230, 2_185_150]
 
 
-def test_the_onnx_server_process_loads_neither_jax_nor_tensorflow(onnx_run: Path) -> None:
-    """The ONNX runtime's point: `mnist-cnn serve --runtime onnx` is a process with none of
-    JAX or TensorFlow mapped in (read from /proc/PID/maps), answering from onnxruntime."""
-    import subprocess
-
+@contextlib.contextmanager
+def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`mnist-cnn serve RUN_DIR OPTIONS` as a real process, until /readyz says ready."""
     port = free_port()
-    command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(onnx_run), "--runtime", "onnx", "--port", str(port)]
+    command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(run_dir), "--port", str(port), *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "the server did not come up"
             with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-                if ready.status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             time.sleep(0.2)
-        assert ready.json()["runtime"] == "onnx"
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_onnx_server_process_loads_neither_jax_nor_tensorflow(onnx_run: Path) -> None:
+    """The ONNX runtime's point: `mnist-cnn serve --runtime onnx` is a process with neither
+    JAX nor TensorFlow mapped in (read from /proc/PID/maps), answering from onnxruntime."""
+    with serve_process(onnx_run, "--runtime", "onnx") as (process, url):
+        assert httpx.get(f"{url}/readyz").json()["runtime"] == "onnx"
         libraries = Path(f"/proc/{process.pid}/maps").read_text()
         assert "onnxruntime" in libraries
         for package in ("jaxlib", "tensorflow"):  # Their native libraries (Keras itself is Python).
             assert package not in libraries, package
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert "(onnx) on http://127.0.0.1:" in process.stdout.read()
+
+
+@pytest.mark.slow
+def test_two_onnx_server_processes_answer_on_one_port(onnx_run: Path) -> None:
+    """`--workers 2` hands the runtime to each worker process: both answer with onnxruntime."""
+    upload = mnist_upload(4, "PNG", dark_on_light=True)
+    with serve_process(onnx_run, "--runtime", "onnx", "--workers", "2") as (_, url):
+        answers = [httpx.post(f"{url}/api/predict", content=upload, timeout=60) for _ in range(8)]
+        runtimes = {httpx.get(f"{url}/api/models").json()["runtime"] for _ in range(8)}
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert len({answer.content for answer in answers}) == 1  # Either process, the same answer.
+    assert runtimes == {"onnx"}
 
 
 def one_line_error(*arguments: object) -> str:
