@@ -93,6 +93,7 @@ SERVE_RUN ?= runs/bench-serve
 bench-serve: $(DEV)
 	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
 		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
+	[ -f $(SERVE_RUN)/exports/onnx/manifest.json ] || $(BIN)/mnist-cnn export $(SERVE_RUN) --format onnx
 	$(BIN)/python bench/serve_load.py $(SERVE_RUN) --out docs/serve-bench.json $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,

@@ -3,11 +3,17 @@
 Starts ``mnist-cnn serve RUN_DIR`` (or uses --url), then for each number of concurrent
 clients sends real digit images (MNIST test digits, upscaled, PNG and JPEG, both
 polarities) for a fixed time, and reports requests/s, p50/p99 latency and every non-200
-status. Batching on and off are measured side by side in one run, on the same machine, and
-the server's memory is read after start-up and after 10,000 more requests.
+status. The runtimes (JAX and onnxruntime, one and two processes; batching off for
+reference) are measured side by side in one run, on the same machine, and each runtime's
+memory is read after start-up and after 10,000 more requests. Then the overload case: 256
+connections on a server with ``--queue-size 8``: how many are shed with 503, and how fast
+the answered ones are. ``--runtime onnx`` needs the run's exports (``mnist-cnn export RUN_DIR
+--format onnx``); the forward passes' time with 1 and 2 onnxruntime threads is printed too.
 
     python bench/serve_load.py RUN_DIR                 # make bench-serve
+    python bench/serve_load.py RUN_DIR --variants jax,onnx --seconds 3
     python bench/serve_load.py --url http://127.0.0.1:8000 --label before
+    python bench/serve_load.py --url http://127.0.0.1:8000 --label before --overload
 
 Both sides share the machine's cores with this client, as a classroom's browsers would not:
 read the numbers as a lower bound of what the server does alone.
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -29,6 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -37,11 +45,16 @@ from PIL import Image
 from mnist_cnn.core.environment import cpu_description
 
 CLIENT_LEVELS = (1, 4, 16, 64)
-SERVER_VARIANTS = (
-    ("batching off (--max-batch 1)", ["--max-batch", "1"]),
-    ("batching on (default)", []),
-    ("batching on, --workers 2", ["--workers", "2"]),
-)
+# key: (label in the table, serve options). The two runtimes, one process and two.
+SERVER_VARIANTS = {
+    "unbatched": ("JAX, batching off (--max-batch 1)", ["--max-batch", "1"]),
+    "jax": ("JAX (default)", []),
+    "jax-2": ("JAX, --workers 2", ["--workers", "2"]),
+    "onnx": ("onnxruntime (--runtime onnx)", ["--runtime", "onnx"]),
+    "onnx-2": ("onnxruntime, --workers 2", ["--runtime", "onnx", "--workers", "2"]),
+}
+OVERLOAD_CONNECTIONS = 256
+OVERLOAD_QUEUE = 8
 
 
 def digit_bodies(count: int = 64) -> list[tuple[bytes, str]]:
@@ -181,6 +194,111 @@ def resident_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+async def raw_load(url: str, clients: int, seconds: float, bodies: list[tuple[bytes, str]], retry_after: bool):
+    """``load`` on bare asyncio streams (HTTP/1.1 keep-alive, requests written as bytes): at
+    hundreds of connections httpx's own work would be much of what is timed. A client refused
+    with 503 sends again at once, or (``retry_after``) after the Retry-After seconds, as a
+    polite client does. Returns the latencies of 200s (s), status counts, wall time."""
+    address = urlsplit(url)
+    requests = [
+        f"POST /api/predict HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode("ascii")
+        + body
+        for body, kind in bodies
+    ]
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    deadline = time.perf_counter() + seconds
+
+    async def client(number: int) -> None:
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        index = number
+        try:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                writer.write(requests[index % len(requests)])
+                index += clients
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                await reader.readexactly(int(re.search(rb"(?i)content-length: *(\d+)", head).group(1)))
+                if status == 200:
+                    latencies.append(time.perf_counter() - start)
+                statuses[status] += 1
+                wait = re.search(rb"(?i)retry-after: *(\d+)", head)
+                if retry_after and status == 503 and wait:
+                    await asyncio.sleep(min(int(wait.group(1)), max(deadline - time.perf_counter(), 0)))
+        except (OSError, asyncio.IncompleteReadError) as error:
+            statuses[error.__class__.__name__] += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(number) for number in range(clients)))
+    return latencies, statuses, time.perf_counter() - started
+
+
+def measure_overload(url: str, label: str, seconds: float, bodies, retry_after: bool) -> dict:
+    """``OVERLOAD_CONNECTIONS`` clients at once on a server with a small queue: how many are
+    shed (503) and the latency of the answered ones. Not wrk: its percentiles mix the quick
+    503s in, and what matters is how long the answered ones waited. Refused clients send again
+    at once (the worst case) or after Retry-After (``retry_after``)."""
+    latencies, statuses, wall = asyncio.run(raw_load(url, OVERLOAD_CONNECTIONS, seconds, bodies, retry_after))
+    row = {
+        "server": label,
+        "refused_clients": "wait Retry-After" if retry_after else "resend at once",
+        "connections": OVERLOAD_CONNECTIONS,
+        "requests": sum(statuses.values()),
+        "ok": statuses.get(200, 0),
+        "shed_503": statuses.get(503, 0),
+        "errors": {str(status): count for status, count in statuses.items() if status not in (200, 503)},
+        "requests_per_second": statuses.get(200, 0) / wall,
+        "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+        "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else None,
+    }
+    print(format_overload(row), flush=True)
+    return row
+
+
+def format_overload(row: dict) -> str:
+    p50 = f"{row['p50_ms']:.1f}" if row["p50_ms"] is not None else "-"
+    p99 = f"{row['p99_ms']:.1f}" if row["p99_ms"] is not None else "-"
+    errors = ", ".join(f"{count} x {status}" for status, count in row["errors"].items()) or "none"
+    return (
+        f"| {row['server']} | {row['refused_clients']} | {row['ok']}/{row['requests']} | {row['shed_503']} "
+        f"| {row['requests_per_second']:.0f} | {p50} | {p99} | {errors} |"
+    )
+
+
+def onnx_thread_timings(run_dir: Path, repeats: int = 20) -> list[dict]:
+    """Both models' forward pass through onnxruntime with 1 and 2 intra-op threads, the
+    server's batch sizes (median ms): what ONNX_INTRA_OP_THREADS was chosen from."""
+    from mnist_cnn.predict.inference import onnx_forward
+    from mnist_cnn.store.runs import RunFolder
+
+    exports = RunFolder(run_dir).onnx_exports()
+    rows = []
+    for threads in (1, 2):
+        forwards = [onnx_forward(model_file, intra_op_threads=threads) for model_file in exports.values()]
+        for batch in (1, 16, 64):
+            images = np.random.default_rng(0).random((batch, 28, 28, 1), dtype=np.float32)
+            for forward in forwards:
+                forward(images)  # Warm-up.
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for forward in forwards:
+                    forward(images)
+                times.append((time.perf_counter() - start) * 1000)
+            rows.append({"intra_op_threads": threads, "batch": batch, "median_ms": statistics.median(times)})
+            print(f"| {threads} | {batch} | {statistics.median(times):.2f} |", flush=True)
+    return rows
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def measure(url: str, label: str, seconds: float, bodies, client: str, levels=CLIENT_LEVELS) -> list[dict]:
     rows = []
     asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
@@ -205,6 +323,11 @@ def measure(url: str, label: str, seconds: float, bodies, client: str, levels=CL
     return rows
 
 
+def print_level_header() -> None:
+    print("| server | clients | requests/s | p50 ms | p99 ms | answered | non-200 |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+
+
 def format_row(row: dict) -> str:
     p50 = f"{row['p50_ms']:.1f}" if row["p50_ms"] is not None else "-"
     p99 = f"{row['p99_ms']:.1f}" if row["p99_ms"] is not None else "-"
@@ -223,6 +346,59 @@ def memory_growth(process: subprocess.Popen, url: str, bodies, requests: int) ->
     return {"requests": requests, "rss_mib_after_start": before, "rss_mib_after": after, "growth_mib": after - before}
 
 
+def measure_variants(args, bodies, results: dict) -> None:
+    """Each chosen server variant started in turn, measured at every client level; the memory
+    of each runtime's one-process server."""
+    for key in args.variants:
+        label, options = SERVER_VARIANTS[key]
+        process, url = start_server(args.run_dir, options)
+        try:
+            results["rows"] += measure(url, label, args.seconds, bodies, args.client)
+            if key in ("jax", "onnx") and args.memory_requests:
+                results["memory"][key] = memory_growth(process, url, bodies, args.memory_requests)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def measure_overloads(args, bodies, results: dict) -> None:
+    print(
+        f"\nOverload: {OVERLOAD_CONNECTIONS} connections, --queue-size {OVERLOAD_QUEUE}, "
+        f"{args.seconds:g} s, asyncio client (p50/p99 of the answered requests)"
+    )
+    print("| server | refused clients | answered | shed (503) | answered/s | p50 ms | p99 ms | other non-200 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for key in args.variants:
+        if key not in ("jax", "onnx"):
+            continue
+        label, options = SERVER_VARIANTS[key]
+        process, url = start_server(args.run_dir, [*options, "--queue-size", str(OVERLOAD_QUEUE)])
+        try:
+            asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up.
+            for retry_after in (False, True):
+                results["overload"].append(measure_overload(url, label, args.seconds, bodies, retry_after))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def print_memory(memory: dict) -> None:
+    for key, growth in memory.items():
+        print(
+            f"Memory ({SERVER_VARIANTS[key][0]}): {growth['rss_mib_after_start']:.0f} MiB after start-up and 500 "
+            f"requests, {growth['rss_mib_after']:.0f} MiB after {growth['requests']:,} more: "
+            f"{growth['growth_mib']:+.1f} MiB"
+        )
+
+
+def variant_list(text: str) -> list[str]:
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in SERVER_VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant {unknown[0]!r}: choose from {', '.join(SERVER_VARIANTS)}")
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, nargs="?", help="a run folder to serve (default: none, use --url)")
@@ -236,40 +412,64 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here (default: none)")
     parser.add_argument(
+        "--variants",
+        type=variant_list,
+        default=list(SERVER_VARIANTS),
+        help=f"comma-separated servers to start: {', '.join(SERVER_VARIANTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--overload",
+        action="store_true",
+        help=f"with --url: only the overload case ({OVERLOAD_CONNECTIONS} connections; start the server with "
+        f"--queue-size {OVERLOAD_QUEUE}) (default: off)",
+    )
+    parser.add_argument(
         "--client",
         choices=("wrk", "python"),
         default="wrk" if shutil.which("wrk") else "python",
         help="load generator: wrk (Debian's wrk; lighter) or python (httpx) (default: wrk when installed)",
     )
     args = parser.parse_args()
+    if not args.url and args.run_dir is None:
+        parser.error("give a RUN_DIR to serve, or --url of a running server")
     bodies = digit_bodies()
+    # The machine may be shared (a training job, other work): its load says how noisy this run is.
     print(
-        f"CPU: {cpu_description()}; client {args.client}; {args.seconds:g} s per level; "
+        f"CPU: {cpu_description()}; {load_average()}; client {args.client}; {args.seconds:g} s per level; "
         f"{len(bodies)} distinct images (PNG and JPEG)"
     )
-    print("| server | clients | predictions/s | p50 ms | p99 ms | answered | non-200 |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    results: dict = {"cpu": cpu_description(), "rows": [], "memory": {}}
-    if args.url:
+    results: dict = {
+        "cpu": cpu_description(),
+        "load_average_before": os.getloadavg(),
+        "seconds_per_level": args.seconds,
+        "client": args.client,
+        "rows": [],
+        "memory": {},
+        "overload": [],
+    }
+    if args.url and args.overload:
         wait_until_up(args.url)
+        print("| server | refused clients | answered | shed (503) | answered/s | p50 ms | p99 ms | other non-200 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        for retry_after in (False, True):
+            results["overload"].append(measure_overload(args.url, args.label, args.seconds, bodies, retry_after))
+    elif args.url:
+        wait_until_up(args.url)
+        print_level_header()
         results["rows"] += measure(args.url, args.label, args.seconds, bodies, args.client)
     else:
-        for label, options in SERVER_VARIANTS:
-            process, url = start_server(args.run_dir, options)
-            try:
-                results["rows"] += measure(url, label, args.seconds, bodies, args.client)
-                if options == [] and args.memory_requests:
-                    results["memory"] = memory_growth(process, url, bodies, args.memory_requests)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-        memory = results["memory"]
-        if memory:
-            print(
-                f"\nMemory (default server): {memory['rss_mib_after_start']:.0f} MiB after start-up and 500 requests, "
-                f"{memory['rss_mib_after']:.0f} MiB after {memory['requests']:,} more: "
-                f"{memory['growth_mib']:+.1f} MiB"
-            )
+        if any(key.startswith("onnx") for key in args.variants):
+            print("\nonnxruntime forward passes, both models (median ms):\n| intra-op threads | batch | ms |")
+            print("|---:|---:|---:|")
+            results["onnx_threads"] = onnx_thread_timings(args.run_dir)
+        print()
+        print_level_header()
+        measure_variants(args, bodies, results)
+        print()
+        print_memory(results["memory"])
+        measure_overloads(args, bodies, results)
+    results["load_average_after"] = os.getloadavg()
+    print(f"\nAfter: {load_average()}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

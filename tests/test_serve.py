@@ -253,11 +253,13 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
             statuses.append(http.post("/api/predict", content=upload).status_code)
 
         waiting = [threading.Thread(target=post) for _ in range(3)]  # One in the worker, two queued.
-        for thread in waiting:
-            thread.start()
-        # Two queued requests alone are not enough: until the worker has taken the first one
-        # out of the queue, a fourth request would still fit (and then wait into a 504).
+        # The first one alone, until the worker holds it: requests still being decoded count
+        # against the queue too, so three sent at once could refuse the third before the worker
+        # takes the first; and until it has, a fourth request would still fit (then a 504).
+        waiting[0].start()
         assert busy.wait(timeout=30), "the worker never started on a request"
+        for thread in waiting[1:]:
+            thread.start()
         deadline = time.monotonic() + 30
         while app.state.worker._queue.qsize() < 2 and time.monotonic() < deadline:
             time.sleep(0.01)

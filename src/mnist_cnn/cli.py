@@ -25,6 +25,7 @@ from mnist_cnn.core.config import (
     DEFAULT_TRACKING_URI,
     MODEL_VARIANTS,
     OPTIMIZERS,
+    SERVE_RUNTIMES,
     TRAINERS,
     Augmentation,
     BatchingSettings,
@@ -302,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="server processes on the one port, each with its own copy of the models (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--runtime",
+        default=ServerSettings().runtime,
+        help=f"what answers: {' or '.join(SERVE_RUNTIMES)} (onnxruntime on the run's exports, made by "
+        "'mnist-cnn export RUN_DIR --format onnx') (default: %(default)s)",
     )
     serve.add_argument(
         "--queue-size",
@@ -601,10 +608,16 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def command_serve(args: argparse.Namespace, backend: str) -> int:
+def runs_without_keras(args: argparse.Namespace) -> bool:
+    """``serve --runtime onnx`` loads no Keras model: no backend to choose, and no TensorFlow
+    imported (hundreds of MiB the ONNX server would carry for nothing)."""
+    return args.command == "serve" and args.runtime == "onnx"
+
+
+def command_serve(args: argparse.Namespace, backend: str | None) -> int:
     from mnist_cnn.serve.app import serve
 
-    server = ServerSettings(host=args.host, port=args.port, workers=args.workers)
+    server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
     serve(args.run_dir, server, settings)
     return 0
@@ -638,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, stop_on_sigterm)
         if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
-        backend = select_backend(args.backend or resumed_backend(args))
+        backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)

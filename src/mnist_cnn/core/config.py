@@ -400,18 +400,26 @@ class BatchingSettings:
         return (*sizes, self.max_batch)
 
 
+# What answers the server's forward passes: the run's Keras models (on JAX), or onnxruntime
+# sessions on the run's ONNX exports (`mnist-cnn export RUN_DIR --format onnx`).
+SERVE_RUNTIMES = ("jax", "onnx")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """Where ``serve`` listens and how many processes answer there."""
+    """Where ``serve`` listens, how many processes answer there, and with which runtime."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # Server processes on the one port, each with its own copy of the models.
+    runtime: str = "jax"
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError(f"port must be a whole number from 1 to 65535, got {self.port}")
         _require_positive("workers", self.workers)
+        if self.runtime not in SERVE_RUNTIMES:
+            raise ConfigError(f"unknown runtime {self.runtime!r}: choose {' or '.join(SERVE_RUNTIMES)}")
 
 
 # --track with no URI: MLflow's own default since 3.7, a SQLite database in the current folder.

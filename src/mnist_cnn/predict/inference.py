@@ -6,12 +6,14 @@ nor matplotlib, so serving stays light.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.core.files import write_bytes
 from mnist_cnn.core.results import Prediction
 from mnist_cnn.predict.preprocess import digit_png
@@ -21,6 +23,23 @@ if TYPE_CHECKING:
 
 # A model as a function: images (N, 28, 28, 1) in [0, 1] -> probabilities (N, 10).
 Forward = Callable[[np.ndarray], np.ndarray]
+
+ONNX_INSTALL_COMMAND = "pip install -e '.[export]'"
+# onnxruntime's threads per session, for the server's worker model: one thread runs every
+# forward pass (sessions never run at once), and the other core decodes uploads and runs the
+# HTTP layer. Measured on the 2-core machine (both models, batch 1/16/64): 2 intra-op threads
+# won a little on a lone image and lost on batches (their spinning and the decoding threads
+# fight for the same two cores); 1 thread, spinning off, is steady.
+ONNX_INTRA_OP_THREADS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxModelFile:
+    """One exported model: its .onnx file and the names of its input and output (from the manifest)."""
+
+    path: Path
+    input_name: str
+    output_name: str
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
@@ -65,6 +84,42 @@ def compiled_forward(model: keras.Model) -> Forward:
     return call
 
 
+def check_onnxruntime() -> None:
+    """Refuse in one line, before anything starts, when onnxruntime cannot be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--runtime onnx needs onnxruntime, which is not installed: {ONNX_INSTALL_COMMAND}") from None
+
+
+def onnx_forward(model_file: OnnxModelFile, intra_op_threads: int = ONNX_INTRA_OP_THREADS) -> Forward:
+    """An onnxruntime session on an exported model as a forward function, with ``compiled_forward``'s
+    contract: images (N, 28, 28, 1) in [0, 1] -> probabilities (N, 10), any N.
+
+    onnxruntime is imported here, not with the module: ``mnist-cnn predict`` and the JAX server
+    never need it.
+    """
+    check_onnxruntime()
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    # Idle threads that spin would take the core the upload decoding needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # Errors only: no start-up notes on the server's console.
+    session = onnxruntime.InferenceSession(str(model_file.path), options, providers=["CPUExecutionProvider"])
+    outputs, input_name = [model_file.output_name], model_file.input_name
+
+    def call(images: np.ndarray) -> np.ndarray:
+        if images.ndim != 4 or images.shape[1:] != (28, 28, 1):
+            raise ValueError(f"images must have shape (N, 28, 28, 1), got {images.shape}")
+        return session.run(outputs, {input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    return call
+
+
 def predict_digit(models: dict[str, keras.Model], digit: np.ndarray) -> dict[str, Prediction]:
     """Every model's answer, with all ten probabilities, for one prepared 28x28 digit."""
     return predict_digits({name: keras_forward(model) for name, model in models.items()}, digit[None])[0]
@@ -75,7 +130,8 @@ def predict_digits(
 ) -> list[dict[str, Prediction]]:
     """Every model's answers for prepared digits (N, 28, 28): one forward pass per model.
 
-    ``forwards`` map model names to forward functions (``keras_forward``, ``compiled_forward``).
+    ``forwards`` map model names to forward functions (``keras_forward``, ``compiled_forward``,
+    ``onnx_forward``).
     ``padded_size`` pads the batch with blank images to that many, so a compiled model sees
     only a few batch shapes (the server's batches); the padding's answers are dropped.
     """

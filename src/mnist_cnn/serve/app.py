@@ -8,6 +8,10 @@ capped in size; anything that is not a usable image gets a 4xx with a message; a
 gets 503 with Retry-After, a request not answered in time 504: never a 500 for load.
 Every one of those answers is declared in the OpenAPI schema, and the API documentation
 (/docs, /redoc) is served with its scripts from the app itself: it works offline.
+
+Two runtimes answer the same way: ``jax`` (the run's Keras models, one jitted function each)
+and ``onnx`` (onnxruntime sessions on the run's exports, ``mnist-cnn export --format onnx``),
+which loads no Keras model at all.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from starlette.datastructures import UploadFile
 
 from mnist_cnn.core.config import BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
+from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
 from mnist_cnn.store.runs import RunFolder
@@ -84,6 +89,7 @@ class Prediction(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     models: list[str]
+    runtime: str = Field(description="what answers: jax (the Keras models) or onnx (onnxruntime on the exports)")
     answered: int = Field(description="predictions answered since the start")
     batches: int = Field(description="forward passes that answered them (mean batch = answered / batches)")
 
@@ -111,13 +117,25 @@ READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastAPI:
-    """The app for one run folder; its models are loaded and compiled here, once."""
+def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime: str = "jax") -> FastAPI:
+    """The app for one run folder; its models (``runtime`` jax) or their ONNX exports
+    (``runtime`` onnx) are loaded and compiled here, once."""
     run = RunFolder.existing(run_dir)
-    models = run.load_models()
+    runtime = ServerSettings(runtime=runtime).runtime  # An unknown runtime is refused in one line.
+    if runtime == "onnx":
+        check_onnxruntime()
+        models: dict[str, Any] = run.onnx_exports()
+        parameters = {name: recorded_parameters(run, name) for name in models}
+        worker = InferenceWorker(models, settings, build_forward=onnx_forward).start()
+    else:
+        models = run.load_models()
+        parameters = {name: int(model.count_params()) for name, model in models.items()}
+        worker = InferenceWorker(models, settings).start()
     augmented = run.config().augmentation is not None
-    summaries = [{**model_summary(run, name, model), "augmented": augmented} for name, model in models.items()]
-    worker = InferenceWorker(models, settings).start()
+    summaries = [
+        {**model_summary(run, name, count), "augmented": augmented, "runtime": runtime}
+        for name, count in parameters.items()
+    ]
     # Decoding and preparing uploads is mostly Python holding the GIL: two threads keep both
     # cores busy beside the event loop and the inference worker; dozens (Starlette's default
     # pool) would only fight over the GIL and slow every request down.
@@ -141,6 +159,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
         redoc_url=None,
     )
     app.state.worker = worker
+    app.add_middleware(ShedWhenFull, worker=worker)
     add_documentation(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -159,11 +178,14 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
     def readyz() -> JSONResponse:
         ready = worker.ready.is_set()
         counts = {"answered": worker.answered, "batches": worker.batches}  # Mean batch = answered / batches.
-        return JSONResponse({"ready": ready, "models": list(models), **counts}, status_code=200 if ready else 503)
+        return JSONResponse(
+            {"ready": ready, "models": list(models), "runtime": runtime, **counts},
+            status_code=200 if ready else 503,
+        )
 
     @app.get("/api/models", summary="The run's models")
     def list_models() -> dict[str, Any]:
-        return {"run": str(run_dir), "models": summaries}
+        return {"run": str(run_dir), "runtime": runtime, "models": summaries}
 
     @app.post(
         "/api/predict",
@@ -174,14 +196,14 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
     async def predict(request: Request) -> JSONResponse:
         content = await read_upload(request)
         loop = asyncio.get_running_loop()
-        digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content)
         try:
-            future = worker.submit(digit)
+            # Admitted before decoding: a request waiting for a decoding thread counts as queued.
+            with worker.admitted():
+                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content)
+                future = worker.submit(digit)
         except Overloaded as error:
             raise HTTPException(
-                status_code=503,
-                detail=f"the server is busy ({error}); try again in a moment",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                status_code=503, detail=busy_message(str(error)), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
             ) from None
         try:
             answers = await asyncio.wait_for(asyncio.wrap_future(future), worker.settings.timeout_s)
@@ -200,6 +222,36 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
         )
 
     return app
+
+
+def busy_message(reason: str) -> str:
+    return f"the server is busy ({reason}); try again in a moment"
+
+
+class ShedWhenFull:
+    """Refuse a prediction with 503 before FastAPI routes it or its body is read, while the worker
+    is full (an ASGI middleware). Under a crowd, refusals are most of the event loop's work, and
+    the answered requests wait behind them at every step (reading, decoding, answering): here a
+    refusal is two messages, not a request through the router, the upload read and the error
+    handler. The body is left unread; uvicorn discards it and keeps the connection."""
+
+    def __init__(self, app: Any, worker: InferenceWorker) -> None:
+        self.app, self.worker = app, worker
+        reason = f"{worker.settings.queue_size} requests are already waiting"
+        self.body = json.dumps({"detail": busy_message(reason)}).encode("utf-8")
+        self.headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode("ascii")),
+            (b"retry-after", str(RETRY_AFTER_SECONDS).encode("ascii")),
+        ]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        predicting = scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict"
+        if predicting and self.worker.full():
+            await send({"type": "http.response.start", "status": 503, "headers": self.headers})
+            await send({"type": "http.response.body", "body": self.body})
+            return
+        await self.app(scope, receive, send)
 
 
 def add_documentation(app: FastAPI) -> None:
@@ -255,16 +307,23 @@ def favicon_png() -> bytes:
     return buffer.getvalue()
 
 
-def model_summary(run: RunFolder, name: str, model: Any) -> dict[str, Any]:
+def model_summary(run: RunFolder, name: str, parameters: int | None) -> dict[str, Any]:
     """A served model's name, size and test accuracy (None while its run has not finished it)."""
     folder = run.model(name)
     metrics = folder.read_metrics() if folder.metrics_path.is_file() else None
     return {
         "name": name,
-        "parameters": int(model.count_params()),
+        "parameters": parameters,
         "test_accuracy": metrics.test_accuracy if metrics else None,
         "epochs": metrics.epochs if metrics else None,
     }
+
+
+def recorded_parameters(run: RunFolder, name: str) -> int | None:
+    """A model's parameter count as its metrics record it: the ONNX server loads no Keras model
+    to count them (None while the run has not finished the model)."""
+    folder = run.model(name)
+    return folder.read_metrics().parameters if folder.metrics_path.is_file() else None
 
 
 def too_large() -> HTTPException:
@@ -324,7 +383,8 @@ SERVE_ENVIRONMENT = "MNIST_CNN_SERVE"  # How `serve --workers N` hands its setti
 def app_from_environment() -> FastAPI:
     """The app of one worker process of ``serve --workers N`` (uvicorn's app factory)."""
     settings = json.loads(os.environ[SERVE_ENVIRONMENT])
-    return create_app(Path(settings.pop("run_dir")), BatchingSettings(**settings))
+    run_dir, runtime = Path(settings.pop("run_dir")), settings.pop("runtime")
+    return create_app(run_dir, BatchingSettings(**settings), runtime)
 
 
 def check_address_free(host: str, port: int) -> None:
@@ -362,14 +422,22 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
     server = server or ServerSettings()
     host, port, workers = server.host, server.port, server.workers
 
-    RunFolder.existing(run_dir).trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
+    run = RunFolder.existing(run_dir)
+    run.trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
+    if server.runtime == "onnx":  # So do a missing onnxruntime and missing exports.
+        check_onnxruntime()
+        run.onnx_exports()
     check_address_free(host, port)  # Announce no server that cannot be there.
-    print(f"mnist-cnn: serving {run_dir} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", flush=True)
+    print(
+        f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops",
+        flush=True,
+    )
     if workers == 1:
-        uvicorn.run(create_app(run_dir, settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(run_dir, settings, server.runtime), host=host, port=port, log_level="warning")
         return
     settings = settings or BatchingSettings()
-    os.environ[SERVE_ENVIRONMENT] = json.dumps({"run_dir": str(run_dir), **dataclasses.asdict(settings)})
+    handed = {"run_dir": str(run_dir), "runtime": server.runtime, **dataclasses.asdict(settings)}
+    os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
     uvicorn.run(
         "mnist_cnn.serve.app:app_from_environment",
         factory=True,

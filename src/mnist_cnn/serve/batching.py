@@ -9,24 +9,30 @@ compilation), sent through each model once, and every request gets its own answe
 
 Back-pressure instead of collapse: the queue is bounded; when it is full, ``submit`` refuses
 at once (the server answers 503 with Retry-After) rather than letting waits grow without end.
+And the bound counts a request from its admission (``admitted``), while it is still being
+decoded, not only once it reaches the queue: otherwise a crowd waits, unbounded, in front of
+the decoding threads, and even the requests that are answered wait there for most of a second.
+
+What runs the forward passes is a ``Forward`` per model, built in the worker's thread by
+``build_forward``: ``compiled_forward`` on the Keras models (JAX), or ``onnx_forward`` on the
+run's ONNX exports; the batching is the same for both.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from mnist_cnn.core.config import BatchingSettings
 from mnist_cnn.predict.inference import Forward, compiled_forward, predict_digits
-
-if TYPE_CHECKING:
-    import keras
 
 
 class Overloaded(Exception):
@@ -40,14 +46,26 @@ class _Request:
 
 
 class InferenceWorker:
-    """One thread that owns the models and answers queued digits in batches."""
+    """One thread that owns the models and answers queued digits in batches.
 
-    def __init__(self, models: dict[str, keras.Model], settings: BatchingSettings | None = None) -> None:
+    ``models`` maps names to what ``build_forward`` turns into a ``Forward``: Keras models for
+    ``compiled_forward`` (the default), ``OnnxModelFile``s for ``onnx_forward``.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, Any],
+        settings: BatchingSettings | None = None,
+        build_forward: Callable[[Any], Forward] | None = None,
+    ) -> None:
         self.models = models
+        self._build_forward = build_forward or compiled_forward
         # Built in the worker's thread, like every model call: nothing else touches them.
         self._forwards: dict[str, Forward] = {}
         self.settings = settings or BatchingSettings()
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=self.settings.queue_size)
+        self._admission = threading.Lock()
+        self._preparing = 0  # Requests admitted and not yet queued (being read or decoded).
         self._thread = threading.Thread(target=self._run, name="mnist-cnn-inference", daemon=True)
         self.ready = threading.Event()
         self.failure: BaseException | None = None  # Why warm-up failed, if it did.
@@ -71,6 +89,25 @@ class InferenceWorker:
             self._queue.put(None)  # Blocks only while the queue is full; the worker drains it.
             self._thread.join(timeout=30)
 
+    def full(self) -> bool:
+        """Whether a new request would be refused: ``queue_size`` are queued or being decoded."""
+        return self._preparing + self._queue.qsize() >= self.settings.queue_size
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold a place for one request while it is decoded, before ``submit``: a request being
+        prepared counts against ``queue_size`` like one waiting in the queue, so a crowd is
+        refused at once (``Overloaded``) instead of waiting for the decoding threads."""
+        with self._admission:
+            if self.full():
+                raise Overloaded(f"{self.settings.queue_size} requests are already waiting")
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._admission:
+                self._preparing -= 1
+
     def submit(self, digit: np.ndarray) -> concurrent.futures.Future:
         """Queue one prepared 28x28 digit; the future resolves to every model's answer."""
         request = _Request(digit=digit, future=concurrent.futures.Future())
@@ -82,7 +119,7 @@ class InferenceWorker:
 
     def _run(self) -> None:
         try:
-            self._forwards = {name: compiled_forward(model) for name, model in self.models.items()}
+            self._forwards = {name: self._build_forward(model) for name, model in self.models.items()}
             for size in self.settings.batch_sizes():
                 predict_digits(self._forwards, np.zeros((1, 28, 28), dtype=np.float32), padded_size=size)
         except BaseException as error:  # Handed to wait_ready's caller, in its own thread.

@@ -36,6 +36,7 @@ from mnist_cnn.core.results import (
     PredictionsOnTestImages,
     history_row,
 )
+from mnist_cnn.predict.inference import OnnxModelFile
 from mnist_cnn.store.layout import (
     CHECKPOINT_FILE,
     COMPARISON_FIGURE,
@@ -348,6 +349,33 @@ class RunFolder:
     def load_models(self) -> dict[str, keras.Model]:
         """Every trained model of the run, by name, in the order the run trained them."""
         return {folder.name: folder.load_model() for folder in self.trained_model_folders()}
+
+    # Exports (`mnist-cnn export`)
+    def onnx_exports(self) -> dict[str, OnnxModelFile]:
+        """Every trained model's ONNX export, by name, with the input and output names its
+        manifest records; one line naming the export command when any is missing."""
+        folder = self.exports("onnx")
+        command = f"run 'mnist-cnn export {self.path} --format onnx' first"
+        if not folder.manifest_path.is_file():
+            raise RunFolderError(f"{self.path} has no ONNX export ({folder.manifest_path} is missing); {command}")
+        entries = folder.read_manifest()["models"]
+        exports = {}
+        for folder_of_model in self.trained_model_folders():
+            entry = entries.get(folder_of_model.name)
+            try:
+                model_file = OnnxModelFile(
+                    path=folder.path / entry["file"],
+                    input_name=entry["inputs"][0]["name"],
+                    output_name=entry["outputs"][0]["name"],
+                )
+            except (KeyError, IndexError, TypeError):
+                raise RunFolderError(
+                    f"the ONNX export of {self.path} has no usable entry for {folder_of_model.name}; {command}"
+                ) from None
+            if not model_file.path.is_file():
+                raise RunFolderError(f"{model_file.path} is missing; {command}")
+            exports[folder_of_model.name] = model_file
+        return exports
 
     # Reports
     def write_comparison(self, comparison: Comparison, markdown: str) -> None:
