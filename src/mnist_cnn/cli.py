@@ -302,7 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests that may wait; more get 503 with Retry-After (default: %(default)s)",
     )
     add_backend_flag(serve)
+    add_export_parser(commands)
     return parser
+
+
+# ---- export --format web (the "web" branch). TODO(integrator): the export command and its
+# other formats are the export branch's; when merging, keep that parser and add only the
+# "web" choice, the --out help line below and the call to command_export_web.
+EXPORT_FORMATS = ("web",)
+
+
+def add_export_parser(commands: Any) -> None:
+    export = commands.add_parser("export", help="the run's models for elsewhere: --format web, a static page")
+    export.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        required=True,
+        help="web: the draw-a-digit page with the ONNX models and onnxruntime-web, for any static web host",
+    )
+    export.add_argument("--out", type=Path, default=None, help="the folder to write (default: RUN_DIR/exports/FORMAT)")
+    export.set_defaults(backend=None)
 
 
 def seed_list(text: str) -> tuple[int, ...]:
@@ -536,6 +556,26 @@ def command_serve(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace, backend: str) -> int:
+    if args.format == "web":
+        return command_export_web(args)
+    raise AssertionError(f"unhandled export format {args.format}")  # argparse allows only EXPORT_FORMATS.
+
+
+def command_export_web(args: argparse.Namespace) -> int:
+    """The static site: the page, the ONNX models and onnxruntime-web, in one folder."""
+    from mnist_cnn.serve.site import write_site
+    from mnist_cnn.store.runs import RunFolder
+
+    run = RunFolder.existing(args.run_dir)
+    # TODO(integrator): make the ONNX exports here when they are missing (the export branch's
+    # onnx function), instead of write_site's "run mnist-cnn export RUN_DIR --format onnx first".
+    out = write_site(run.path, args.out if args.out is not None else run.export_folder("web"))
+    print(f"mnist-cnn: wrote the page and its models to {out}")
+    print(f"Try it: python -m http.server --directory {out} --bind 127.0.0.1 8000, then open http://127.0.0.1:8000/")
+    return 0
+
+
 COMMANDS: dict[str, Any] = {
     "experiment": command_experiment,
     "train": command_experiment,
@@ -546,6 +586,7 @@ COMMANDS: dict[str, Any] = {
     "evaluate": command_evaluate,
     "predict": command_predict,
     "serve": command_serve,
+    "export": command_export,
 }
 
 

@@ -40,6 +40,7 @@ from mnist_cnn.core.config import BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
+from mnist_cnn.serve.site import add_browser_routes
 from mnist_cnn.store.runs import RunFolder
 
 IMAGE_TYPES = "PNG, JPEG, BMP, GIF or WebP"
@@ -142,6 +143,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None) -> FastA
     )
     app.state.worker = worker
     add_documentation(app)
+    add_browser_routes(app, run, summaries)  # The page's script, models.json, ONNX models, onnxruntime-web.
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

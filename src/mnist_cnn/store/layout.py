@@ -40,3 +40,7 @@ SWEEP_FIGURES = {
     "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
+# Exported models (`mnist-cnn export RUN_DIR --format onnx`): exports/<format>/, one file per
+# model named after it (Model_A.onnx) beside a manifest naming each model's file.
+EXPORTS_FOLDER = "exports"
+EXPORT_MANIFEST_FILE = "manifest.json"

@@ -42,6 +42,8 @@ from mnist_cnn.store.layout import (
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
     CONFIG_FILE,
+    EXPORT_MANIFEST_FILE,
+    EXPORTS_FOLDER,
     HISTORY_FILE,
     LOCK_FILE,
     LOG_FILE,
@@ -289,6 +291,15 @@ class RunFolder:
     def load_models(self) -> dict[str, keras.Model]:
         """Every trained model of the run, by name, in the order the run trained them."""
         return {folder.name: folder.load_model() for folder in self.trained_model_folders()}
+
+    # Exported models
+    def export_folder(self, format: str) -> Path:
+        """``exports/<format>/``: the run's models exported to one format (``mnist-cnn export``)."""
+        return self.path / EXPORTS_FOLDER / format
+
+    def export_manifest_path(self, format: str) -> Path:
+        """The manifest of an export folder: which file holds each model, and how it was checked."""
+        return self.export_folder(format) / EXPORT_MANIFEST_FILE
 
     # Reports
     def write_comparison(self, comparison: Comparison, markdown: str) -> None:
