@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import io
 import json
 import os
 import socket
@@ -32,7 +31,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
@@ -40,6 +38,7 @@ from mnist_cnn.core.config import BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
+from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.serve.site import add_browser_routes
 from mnist_cnn.store.runs import RunFolder
 
@@ -245,16 +244,6 @@ def redoc_script() -> bytes:
     script = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8")
     icon = "data:image/png;base64," + base64.b64encode(favicon_png()).decode("ascii")
     return script.replace(REDOC_LOGO, icon).encode("utf-8")
-
-
-@functools.cache
-def favicon_png() -> bytes:
-    """A 32x32 icon drawn here: a white 7 on the drawing pad's black, as a PNG."""
-    image = Image.new("RGB", (32, 32), (0, 0, 0))
-    ImageDraw.Draw(image).line([(8, 8), (24, 8), (14, 26)], fill=(255, 255, 255), width=4, joint="curve")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def model_summary(run: RunFolder, name: str, model: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mnist_cnn.core.errors import ConfigError, RunFolderError
 from mnist_cnn.core.files import TEMPORARY_MARK, read_json, write_json
+from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.store.runs import RunFolder
 
 # Where onnxruntime-web's files are: npm's folder in this checkout, or this variable's folder.
@@ -177,8 +178,6 @@ def write_site(run_dir: Path, out_dir: Path) -> Path:
     with site_folder(out_dir) as folder:
         for name in PAGE_FILES:
             (folder / name).write_bytes(page_file(name))
-        from mnist_cnn.serve.app import favicon_png  # The app's icon; imported here, where it is used.
-
         (folder / FAVICON).write_bytes(favicon_png())
         (folder / MODELS_URL).mkdir()
         for name, path in exports.items():
