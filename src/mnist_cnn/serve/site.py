@@ -193,7 +193,8 @@ def check_site_target(out_dir: Path) -> None:
     """Refuse a file, or a folder with anything in it but an earlier site."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file, not a folder: choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / PAGE_CONFIG_URL).is_file():
+    earlier_site = all((out_dir / name).is_file() for name in (PAGE_CONFIG_URL, *PAGE_FILES))
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not earlier_site:
         raise ConfigError(f"{out_dir} is not empty and holds no site written before: choose another --out")
 
 
