@@ -96,10 +96,11 @@
       const rows = lastRow - firstRow;
       const pass = new Float32Array(outWidth * rows);
       for (let y = 0; y < rows; y++) {
+        const row = (y + firstRow) * width;
         for (let x = 0; x < outWidth; x++) {
           const { first, weights } = horizontal[x];
           let sum = 0.0;
-          for (let k = 0; k < weights.length; k++) sum += source[(y + firstRow) * width + first + k] * weights[k];
+          for (let k = 0; k < weights.length; k++) sum += source[row + first + k] * weights[k];
           pass[y * outWidth + x] = sum;
         }
       }
@@ -140,12 +141,15 @@
   // A flat minimum or maximum filter over [i - before, i + after] along both axes (SciPy's
   // even-sized windows: the erosion reaches 4 back and 3 ahead, the dilation the reverse).
   // Used only where every window lies inside the image.
-  function extremeFilter(pixels, width, height, before, after, pick) {
+  function extremeFilter(pixels, width, height, before, after, takeMaximum) {
     const rows = new Float32Array(pixels.length);
     for (let y = 0; y < height; y++) {
       for (let x = 0; x < width; x++) {
         let value = pixels[y * width + x];
-        for (let k = Math.max(0, x - before); k <= Math.min(width - 1, x + after); k++) value = pick(value, pixels[y * width + k]);
+        for (let k = Math.max(0, x - before); k <= Math.min(width - 1, x + after); k++) {
+          const other = pixels[y * width + k];
+          if (takeMaximum ? other > value : other < value) value = other;
+        }
         rows[y * width + x] = value;
       }
     }
@@ -153,7 +157,10 @@
     for (let y = 0; y < height; y++) {
       for (let x = 0; x < width; x++) {
         let value = rows[y * width + x];
-        for (let k = Math.max(0, y - before); k <= Math.min(height - 1, y + after); k++) value = pick(value, rows[k * width + x]);
+        for (let k = Math.max(0, y - before); k <= Math.min(height - 1, y + after); k++) {
+          const other = rows[k * width + x];
+          if (takeMaximum ? other > value : other < value) value = other;
+        }
         result[y * width + x] = value;
       }
     }
@@ -185,8 +192,8 @@
     const extendedWidth = smallWidth + 2 * window, extendedHeight = smallHeight + 2 * window;
     const extended = padEdge(small, smallWidth, smallHeight, window);
     const half = Math.floor(window / 2), rest = window - 1 - half;
-    const eroded = extremeFilter(extended, extendedWidth, extendedHeight, half, rest, Math.min);
-    const dilated = extremeFilter(eroded, extendedWidth, extendedHeight, rest, half, Math.max);
+    const eroded = extremeFilter(extended, extendedWidth, extendedHeight, half, rest, false);
+    const dilated = extremeFilter(eroded, extendedWidth, extendedHeight, rest, half, true);
     // The opened copy, extended by 2 as an odd reflection (2 a[0] - a[k]): rows first, then
     // columns, in float32, as np.pad does; then SciPy's 3x3 uniform_filter, axis 0 then 1.
     const paddedWidth = smallWidth + 4, paddedHeight = smallHeight + 4;
@@ -234,14 +241,16 @@
   function removeRuledLines(ink, width, height) {
     const threshold = f32(INK_THRESHOLD * Math.max(maximum(ink), 1e-6));
     const cleaned = Float32Array.from(ink);
+    const rowCounts = new Int32Array(height), columnCounts = new Int32Array(width);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        if (ink[y * width + x] > threshold) { rowCounts[y]++; columnCounts[x]++; }
+      }
+    }
     for (const axis of [0, 1]) {
       const length = axis === 0 ? height : width, across = axis === 0 ? width : height;
-      const lines = [];
-      for (let i = 0; i < length; i++) {
-        let count = 0;
-        for (let j = 0; j < across; j++) if ((axis === 0 ? ink[i * width + j] : ink[j * width + i]) > threshold) count++;
-        lines.push(count / across > 0.9);
-      }
+      const counts = axis === 0 ? rowCounts : columnCounts;
+      const lines = Array.from(counts, count => count / across > 0.9);
       if (!lines.some(Boolean) || lines.every(Boolean)) continue;
       const limit = Math.max(1, roundHalfEven(RULED_LINE_THICKNESS * length));
       for (const [start, end] of runs(lines)) {
