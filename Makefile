@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare notebook test test-fast lint format bench bench-sweep bench-serve bench-augment \
+.PHONY: setup setup-dev experiment smoke compare notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -91,6 +91,11 @@ bench-serve: $(DEV)
 	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
 		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
 	$(BIN)/python bench/serve_load.py $(SERVE_RUN) --out docs/serve-bench.json $(ARGS)
+
+## Time per prediction of the page's models in headless Chromium (the run needs its ONNX exports).
+BROWSER_RUN ?= runs/bench-serve
+bench-browser: $(DEV) $(WEB)
+	$(BIN)/python bench/browser_predict.py $(BROWSER_RUN) --json docs/browser-bench.json $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
 ## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from mnist_cnn.core.environment import cpu_description
+from mnist_cnn.core.errors import UserError
 from mnist_cnn.serve.site import runtime_folder, write_site
 
 CHROMIUM = "/usr/bin/chromium"
@@ -178,7 +179,10 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as scratch:
-        site = write_site(args.run_dir, Path(scratch) / "site")
+        try:
+            site = write_site(args.run_dir, Path(scratch) / "site")
+        except UserError as error:  # No ONNX exports yet, not a run folder...
+            raise SystemExit(f"bench/browser_predict.py: {error}") from None
         config = json.loads((site / "models.json").read_text())
         server, address = serve_site(site)
         try:
