@@ -40,7 +40,8 @@ SWEEP_FIGURES = {
     "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
-# Exported models (`mnist-cnn export RUN_DIR --format onnx`): exports/<format>/, one file per
-# model named after it (Model_A.onnx) beside a manifest naming each model's file.
+# `mnist-cnn export`: exports/<format>/ holds one artifact per model, named after the model
+# (Model_A.onnx), and manifest.json; exports/web/ the draw-a-digit page as a static site.
 EXPORTS_FOLDER = "exports"
-EXPORT_MANIFEST_FILE = "manifest.json"
+EXPORT_MANIFEST_JSON = "manifest.json"
+WEB_SITE_FOLDER = "web"

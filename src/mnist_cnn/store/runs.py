@@ -42,7 +42,7 @@ from mnist_cnn.store.layout import (
     COMPARISON_JSON,
     COMPARISON_MARKDOWN,
     CONFIG_FILE,
-    EXPORT_MANIFEST_FILE,
+    EXPORT_MANIFEST_JSON,
     EXPORTS_FOLDER,
     HISTORY_FILE,
     LOCK_FILE,
@@ -54,6 +54,7 @@ from mnist_cnn.store.layout import (
     REPORT_FILE,
     STATUS_FILE,
     TRIAL_FILE,
+    WEB_SITE_FOLDER,
 )
 from mnist_cnn.store.lock import RunLock
 
@@ -217,6 +218,18 @@ class RunFolder:
     def model(self, name: str) -> ModelFolder:
         return ModelFolder(self.path / name)
 
+    def export_folder(self, export_format: str) -> Path:
+        """``RUN/exports/<format>/``: where ``mnist-cnn export`` puts the run's models in that format."""
+        return self.path / EXPORTS_FOLDER / export_format
+
+    def export_manifest_path(self, export_format: str) -> Path:
+        """The manifest of the run's export folder: which file holds each model, how it was checked."""
+        return self.export_folder(export_format) / EXPORT_MANIFEST_JSON
+
+    def site_folder(self) -> Path:
+        """``RUN/exports/web/``: the draw-a-digit page as a static site (``export --format web``)."""
+        return self.path / EXPORTS_FOLDER / WEB_SITE_FOLDER
+
     def is_run(self) -> bool:
         return self.config_path.is_file()
 
@@ -291,15 +304,6 @@ class RunFolder:
     def load_models(self) -> dict[str, keras.Model]:
         """Every trained model of the run, by name, in the order the run trained them."""
         return {folder.name: folder.load_model() for folder in self.trained_model_folders()}
-
-    # Exported models
-    def export_folder(self, format: str) -> Path:
-        """``exports/<format>/``: the run's models exported to one format (``mnist-cnn export``)."""
-        return self.path / EXPORTS_FOLDER / format
-
-    def export_manifest_path(self, format: str) -> Path:
-        """The manifest of an export folder: which file holds each model, and how it was checked."""
-        return self.export_folder(format) / EXPORT_MANIFEST_FILE
 
     # Reports
     def write_comparison(self, comparison: Comparison, markdown: str) -> None:
