@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment \
+.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -20,16 +20,27 @@ $(RUNTIME): requirements/runtime.txt pyproject.toml
 	$(PIP) --no-deps -e .
 	touch $@
 
+# onnxruntime-web, pinned by package-lock.json, for the draw-a-digit page's models in the browser
+# (`mnist-cnn serve` serves its files from node_modules/). Without npm, one line says so and the
+# page answers through the server's API.
+WEB := node_modules/.installed-web
+$(WEB): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: the draw-a-digit page will answer on the server (install Node.js, then make setup, to run the models in the browser)"; \
+	fi
+
 $(DEV): $(RUNTIME) requirements/dev.txt
 	$(PIP) -r requirements/dev.txt
 	touch $@
 
-setup: $(RUNTIME)
+setup: $(RUNTIME) $(WEB)
 
 setup-dev: $(DEV)
 
 ## The full seed experiment: Model_A and Model_B, 60 epochs each, into runs/<timestamp>/.
-experiment: $(RUNTIME)
+experiment: $(RUNTIME) $(WEB)
 	$(BIN)/mnist-cnn experiment $(ARGS)
 
 ## A one-minute end-to-end run on 600 images, 2 epochs.
@@ -61,11 +72,11 @@ notebook: $(DEV)
 ## The whole suite, as CI runs it: two processes, each taking one test file at a time (module
 ## fixtures such as a sweep are then made once, and no two files share a Ray).
 TEST_WORKERS ?= 2
-test: $(DEV)
+test: $(DEV) $(WEB)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## The suite without the tests marked slow (Ray, browser, notebook, subprocess-kill).
-test-fast: $(DEV)
+test-fast: $(DEV) $(WEB)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## ruff: lint and format check (CI runs it before the tests).
@@ -95,6 +106,11 @@ bench-serve: $(DEV)
 		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
 	[ -f $(SERVE_RUN)/exports/onnx/manifest.json ] || $(BIN)/mnist-cnn export $(SERVE_RUN) --format onnx
 	$(BIN)/python bench/serve_load.py $(SERVE_RUN) --out docs/serve-bench.json $(ARGS)
+
+## Time per prediction of the page's models in headless Chromium (the run needs its ONNX exports).
+BROWSER_RUN ?= runs/bench-serve
+bench-browser: $(DEV) $(WEB)
+	$(BIN)/python bench/browser_predict.py $(BROWSER_RUN) --json docs/browser-bench.json $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
 ## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs

@@ -326,10 +326,11 @@ def add_export_parser(commands: Any) -> None:
 
     export = commands.add_parser(
         "export",
-        help="a run's models as ONNX, TensorFlow SavedModel or LiteRT files, each checked against Keras on test images",
+        help="a run's models as ONNX, TensorFlow SavedModel or LiteRT files, each checked against Keras on test "
+        "images; or web: the draw-a-digit page with its models, for any static web host",
     )
     export.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
-    export.add_argument("--format", required=True, choices=list(FORMATS), help="the format to write")
+    export.add_argument("--format", required=True, choices=[*FORMATS, "web"], help="the format to write")
     export.add_argument(
         "--models",
         type=model_keys,
@@ -562,6 +563,8 @@ def command_export(args: argparse.Namespace) -> int:
     from mnist_cnn.core.environment import select_backend
     from mnist_cnn.export.plan import EXPORT_BACKEND, plan_export
 
+    if args.format == "web":
+        return command_export_web(args)
     plan = plan_export(args.run_dir, args.format, args.models, args.out)  # Every check before Keras loads.
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != EXPORT_BACKEND:
         return export_in_new_process(args, EXPORT_BACKEND)
@@ -620,6 +623,22 @@ def command_serve(args: argparse.Namespace, backend: str | None) -> int:
     server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
     serve(args.run_dir, server, settings)
+    return 0
+
+
+def command_export_web(args: argparse.Namespace) -> int:
+    """The static site: the page, the ONNX models and onnxruntime-web, in one folder."""
+    from mnist_cnn.serve.site import write_site
+    from mnist_cnn.store.runs import RunFolder
+
+    run = RunFolder.existing(args.run_dir)
+    if not run.exports("onnx").manifest_path.is_file():  # The site's models: the ONNX exports, made now.
+        code = command_export(argparse.Namespace(**{**vars(args), "format": "onnx", "models": None, "out": None}))
+        if code:
+            return code
+    out = write_site(run.path, args.out if args.out is not None else run.site_folder())
+    print(f"mnist-cnn: wrote the page and its models to {out}")
+    print(f"Try it: python -m http.server --directory {out} --bind 127.0.0.1 8000, then open http://127.0.0.1:8000/")
     return 0
 
 

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import io
 import json
 import os
 import socket
@@ -36,7 +35,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageDraw
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
@@ -45,6 +43,8 @@ from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
+from mnist_cnn.serve.icon import favicon_png
+from mnist_cnn.serve.site import add_browser_routes
 from mnist_cnn.store.runs import RunFolder
 
 IMAGE_TYPES = "PNG, JPEG, BMP, GIF or WebP"
@@ -161,6 +161,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
     app.state.worker = worker
     app.add_middleware(ShedWhenFull, worker=worker)
     add_documentation(app)
+    add_browser_routes(app, run, summaries)  # The page's script, models.json, ONNX models, onnxruntime-web.
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -295,16 +296,6 @@ def redoc_script() -> bytes:
     script = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8")
     icon = "data:image/png;base64," + base64.b64encode(favicon_png()).decode("ascii")
     return script.replace(REDOC_LOGO, icon).encode("utf-8")
-
-
-@functools.cache
-def favicon_png() -> bytes:
-    """A 32x32 icon drawn here: a white 7 on the drawing pad's black, as a PNG."""
-    image = Image.new("RGB", (32, 32), (0, 0, 0))
-    ImageDraw.Draw(image).line([(8, 8), (24, 8), (14, 26)], fill=(255, 255, 255), width=4, joint="curve")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def model_summary(run: RunFolder, name: str, parameters: int | None) -> dict[str, Any]:

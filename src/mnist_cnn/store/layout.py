@@ -42,7 +42,9 @@ SWEEP_FIGURES = {
 }
 SEED_FOLDER_PREFIX = "seed-"
 # `mnist-cnn export`: exports/<format>/ holds one artifact per model, named after the model
-# (Model_A.onnx, Model_A_saved_model/, Model_A.tflite), and manifest.json, written last.
+# (Model_A.onnx, Model_A_saved_model/, Model_A.tflite), and manifest.json, written last;
+# exports/web/ the draw-a-digit page as a static site (export --format web).
 EXPORTS_FOLDER = "exports"
 EXPORT_MANIFEST_JSON = "manifest.json"
 EXPORT_ARTIFACT_SUFFIXES = {"onnx": ".onnx", "saved_model": "_saved_model", "litert": ".tflite"}
+WEB_SITE_FOLDER = "web"

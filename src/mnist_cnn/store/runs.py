@@ -56,6 +56,7 @@ from mnist_cnn.store.layout import (
     REPORT_FILE,
     STATUS_FILE,
     TRIAL_FILE,
+    WEB_SITE_FOLDER,
 )
 from mnist_cnn.store.lock import RunLock
 
@@ -274,6 +275,10 @@ class RunFolder:
     def exports(self, export_format: str) -> ExportFolder:
         """The run's own export folder for ``export_format``, with its artifact and manifest paths."""
         return ExportFolder(self.path / EXPORTS_FOLDER / export_format, export_format)
+
+    def site_folder(self) -> Path:
+        """``RUN/exports/web/``: the draw-a-digit page as a static site (``export --format web``)."""
+        return self.path / EXPORTS_FOLDER / WEB_SITE_FOLDER
 
     def is_run(self) -> bool:
         return self.config_path.is_file()
