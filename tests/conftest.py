@@ -6,10 +6,15 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,6 +88,37 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the smoke run with its ONNX exports (``mnist-cnn export``); the smoke run stays as it is."""
+    from tests.onnx_exports import export_onnx
+
+    run_dir = tmp_path_factory.mktemp("onnx") / "run"
+    shutil.copytree(smoke_run, run_dir)
+    export_onnx(run_dir)
+    return run_dir
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """The app served by uvicorn on a loopback port in a background thread, for real HTTP."""
+    import uvicorn
+
+    port = free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not instance.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,17 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image, ImageFont
 
 from mnist_cnn.data.robustness import fonts, printed_digit
-from tests.conftest import cli, free_port
+from tests.conftest import cli, served
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -50,22 +50,12 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(smoke_run: Path):
+def server(smoke_run: Path) -> Iterator[str]:
     """The real app, served by uvicorn on a loopback port in a background thread."""
     from mnist_cnn.serve.app import create_app
 
-    port = free_port()
-    config = uvicorn.Config(create_app(smoke_run), host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(smoke_run)) as url:
+        yield url
 
 
 def font_digit(digit: int, font: ImageFont.FreeTypeFont, dark_on_light: bool) -> bytes:

@@ -9,19 +9,17 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image, ImageDraw
 
 from mnist_cnn.predict.preprocess import prepare_digit, read_image_bytes, to_grayscale
-from tests.conftest import cli, free_port
-from tests.onnx_exports import export_onnx
+from tests.conftest import cli, free_port, served
 from tests.test_serve import MODELS, draw, launch, offline_page, require_chromium
 
 PREPARE_JS = Path(__file__).resolve().parent.parent / "src" / "mnist_cnn" / "serve" / "web" / "prepare.js"
@@ -118,31 +116,12 @@ def test_prepare_js_equals_prepare_digit_on_drawings(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the smoke run with its ONNX exports (the session's run stays as it was)."""
-    run_dir = tmp_path_factory.mktemp("onnx") / "run"
-    shutil.copytree(smoke_run, run_dir)
-    export_onnx(run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def onnx_server(onnx_run: Path):
+def onnx_server(onnx_run: Path) -> Iterator[str]:
     """The real app over the run with exports, served by uvicorn on a loopback port."""
     from mnist_cnn.serve.app import create_app
 
-    port = free_port()
-    config = uvicorn.Config(create_app(onnx_run), host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(onnx_run)) as url:
+        yield url
 
 
 def test_the_app_serves_the_models_and_only_the_runtime_files(onnx_server: str, onnx_run: Path) -> None:

@@ -14,41 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from tests.conftest import cli, free_port
-from tests.onnx_exports import export_onnx
+from tests.conftest import cli, free_port, served
 from tests.test_serve import MALFORMED, mnist_upload
 
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 8
-
-
-@pytest.fixture(scope="module")
-def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the smoke run with its ONNX exports (the shared smoke run stays as it is)."""
-    run_dir = tmp_path_factory.mktemp("onnx") / "run"
-    shutil.copytree(smoke_run, run_dir)
-    export_onnx(run_dir)
-    return run_dir
-
-
-@contextlib.contextmanager
-def served(app) -> Iterator[str]:
-    """The app served by uvicorn on a loopback port in a background thread, for real HTTP."""
-    port = free_port()
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_cnn.core.errors import DataError
+from mnist_cnn.core.files import file_sha256
 
 BUNDLED_FILE = "mnist.npz"
 # sha256 of each array's C-contiguous bytes (from data/PROVENANCE.md).
@@ -181,14 +182,6 @@ def keras_cache_is_genuine() -> bool:
 
 def bundled_path() -> Path:
     return Path(str(resources.files("mnist_cnn.data") / BUNDLED_FILE))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_npz(path: Path, expected_sha256: dict[str, str] | None = None) -> RawArrays:
