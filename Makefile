@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser \
+.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -56,7 +56,8 @@ compare: $(RUNTIME)
 ## then publishes what has finished into docs/study (without models: a few MB, committed).
 STUDY := runs/study
 STUDY_DOCS := docs/study
-STUDY_FLAGS := --models F8,F16,A,B,F128,AD --variants examples/study.toml --seeds 5 --baseline A
+STUDY_MODELS := --models F8,F16,A,B,F128,AD --variants examples/study.toml
+STUDY_FLAGS := $(STUDY_MODELS) --seeds 5 --baseline A
 study: $(RUNTIME)
 	[ -d $(STUDY) ] || [ ! -d $(STUDY_DOCS) ] || cp -r $(STUDY_DOCS) $(STUDY)
 	if [ -f $(STUDY)/sweep.json ]; then $(BIN)/mnist-cnn compare --resume $(STUDY) $(ARGS); \
@@ -94,6 +95,10 @@ bench: $(DEV)
 ## Seeds per hour of a sweep: one 2-thread trial at a time vs 1-thread trials side by side.
 bench-sweep: $(DEV)
 	$(BIN)/python bench/sweep_layout.py --epochs 3 --rounds 2 --json docs/sweep-layout.json $(ARGS)
+
+## The same for the filter study's six variants: its seeds per hour here, in both layouts.
+bench-study: $(DEV)
+	$(BIN)/python bench/sweep_layout.py $(STUDY_MODELS) --epochs 3 --json docs/study-layout.json $(ARGS)
 
 ## What --augment buys and costs: both models trained with and without it, 5 epochs.
 bench-augment: $(DEV)
