@@ -213,6 +213,7 @@ def test_the_page_predicts_in_the_browser_as_the_server_does(onnx_server: str) -
 def test_without_the_runtime_the_page_asks_the_server(onnx_server: str) -> None:
     """onnxruntime-web's files unreachable (as when npm ci never ran): the API answers, labelled."""
     require_chromium()
+    require_runtime()  # Installed but unreachable: the refused script is the one error expected.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -235,12 +236,18 @@ def test_without_the_runtime_the_page_asks_the_server(onnx_server: str) -> None:
 # ------------------------------------------------------------- the static site
 
 
-def test_export_web_needs_the_onnx_exports_first(smoke_run: Path, tmp_path: Path) -> None:
-    result = cli("export", smoke_run, "--format", "web", "--out", tmp_path / "site")
-    assert result.returncode == 2
-    assert result.stderr.strip().endswith(f"run mnist-cnn export {smoke_run} --format onnx first"), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "site").exists()
+def test_export_web_makes_the_onnx_exports_it_needs(smoke_run: Path, tmp_path: Path) -> None:
+    """A run without ONNX exports gets them first (checked against Keras as any export), then its site."""
+    require_runtime()
+    run_dir = tmp_path / "run"  # A copy: the shared smoke run must stay without exports.
+    shutil.copytree(smoke_run, run_dir, ignore=shutil.ignore_patterns("exports"))
+    result = cli("export", run_dir, "--format", "web", "--out", tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    assert "Model_A: " in result.stdout and "with Keras's top digit" in result.stdout
+    assert (run_dir / "exports" / "onnx" / "manifest.json").is_file()
+    assert [model["name"] for model in json.loads((tmp_path / "site" / "models.json").read_text())["models"]] == list(
+        MODELS
+    )
 
 
 def test_export_web_refuses_a_folder_that_is_not_a_site(onnx_run: Path, tmp_path: Path) -> None:

@@ -146,9 +146,11 @@ def one_line_error(*arguments: object) -> str:
     return lines[0]
 
 
-def test_serve_onnx_without_exports_names_the_export_command(smoke_run: Path) -> None:
-    line = one_line_error("serve", smoke_run, "--runtime", "onnx", "--port", free_port())
-    assert "no ONNX export" in line and f"mnist-cnn export {smoke_run} --format onnx" in line
+def test_serve_onnx_without_exports_names_the_export_command(smoke_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"  # A copy without exports, whatever another test did to the shared run.
+    shutil.copytree(smoke_run, run_dir, ignore=shutil.ignore_patterns("exports"))
+    line = one_line_error("serve", run_dir, "--runtime", "onnx", "--port", free_port())
+    assert "no ONNX export" in line and f"mnist-cnn export {run_dir} --format onnx" in line
 
 
 def test_serve_onnx_with_an_export_missing_names_the_export_command(onnx_run: Path, tmp_path: Path) -> None:
