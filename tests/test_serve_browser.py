@@ -250,6 +250,27 @@ def test_export_web_makes_the_onnx_exports_it_needs(smoke_run: Path, tmp_path: P
     )
 
 
+def test_a_stale_export_is_left_to_the_server_and_made_again_by_export_web(
+    onnx_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model trained again after its export: the page asks the server for it (a warning says
+    why), and ``export --format web`` exports it again before writing the site."""
+    from mnist_cnn.core.files import path_sha256
+    from mnist_cnn.serve.site import onnx_exports
+    from mnist_cnn.store.runs import RunFolder
+    from tests.test_serve_onnx import retrained_copy
+
+    require_runtime()
+    run_dir = retrained_copy(onnx_run, tmp_path)
+    assert list(onnx_exports(RunFolder(run_dir))) == ["Model_A"]
+    assert "export of Model_B was made from an earlier model.keras" in capsys.readouterr().err
+    result = cli("export", run_dir, "--format", "web", "--out", tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((run_dir / "exports" / "onnx" / "manifest.json").read_text())
+    assert manifest["models"]["Model_B"]["model_sha256"] == path_sha256(run_dir / "Model_B" / "model.keras")
+    assert list(onnx_exports(RunFolder(run_dir))) == list(MODELS)
+
+
 def test_export_web_refuses_a_folder_that_is_not_a_site(onnx_run: Path, tmp_path: Path) -> None:
     require_runtime()
     (tmp_path / "notes").mkdir()

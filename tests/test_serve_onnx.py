@@ -161,6 +161,21 @@ def test_serve_onnx_with_an_export_missing_names_the_export_command(onnx_run: Pa
     assert "Model_B.onnx is missing" in line and "--format onnx" in line
 
 
+def retrained_copy(onnx_run: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose Model_B was trained again after its export (here: given other weights)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(onnx_run, run_dir)
+    shutil.copyfile(run_dir / "Model_A" / "model.keras", run_dir / "Model_B" / "model.keras")
+    return run_dir
+
+
+def test_serve_onnx_with_a_model_trained_again_names_the_export_command(onnx_run: Path, tmp_path: Path) -> None:
+    run_dir = retrained_copy(onnx_run, tmp_path)
+    line = one_line_error("serve", run_dir, "--runtime", "onnx", "--port", free_port())
+    assert "export of Model_B was made from an earlier model.keras" in line, line
+    assert "Model_A" not in line and f"mnist-cnn export {run_dir} --format onnx" in line
+
+
 def test_serve_onnx_without_onnxruntime_names_the_install(onnx_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails.
     line = one_line_error("serve", onnx_run, "--runtime", "onnx", "--port", free_port())

@@ -632,7 +632,7 @@ def command_export_web(args: argparse.Namespace) -> int:
     from mnist_cnn.store.runs import RunFolder
 
     run = RunFolder.existing(args.run_dir)
-    if not run.exports("onnx").manifest_path.is_file():  # The site's models: the ONNX exports, made now.
+    if not run.export_state("onnx").complete:  # The site's models: the ONNX exports, made (again) now.
         code = command_export(argparse.Namespace(**{**vars(args), "format": "onnx", "models": None, "out": None}))
         if code:
             return code

@@ -142,6 +142,8 @@ def export_model(
         "key": key,
         "file": path.name,
         "sha256": path_sha256(path),
+        # The model.keras it was made from: a model trained again since makes this export stale.
+        "model_sha256": path_sha256(folder.model_path),
         "inputs": [tensor.to_json() for tensor in runtime.inputs],
         "outputs": [tensor.to_json() for tensor in runtime.outputs],
         "parity": parity.to_json(),

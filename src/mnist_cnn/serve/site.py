@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from mnist_cnn.core.errors import ConfigError, RunFolderError
-from mnist_cnn.core.files import TEMPORARY_MARK, read_json, write_json
+from mnist_cnn.core.files import TEMPORARY_MARK, write_json
+from mnist_cnn.core.text import say
 from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.store.runs import RunFolder
 
@@ -56,28 +58,15 @@ def runtime_folder() -> Path | None:
 
 
 def onnx_exports(run: RunFolder) -> dict[str, Path]:
-    """Each trained model's ONNX file, by model name, as the run's export manifest lists them.
+    """Each trained model's current ONNX file, by model name (RunFolder.export_state).
 
-    Empty when the run has no ONNX export; a model without a file in it is left out (the page
-    then asks the server). A manifest that is not one is a RunFolderError naming it.
+    A model without one, or whose export is older than its model.keras, is left out: the page
+    then asks the server for it, and a warning line says why and how to export again.
     """
-    manifest_path = run.exports("onnx").manifest_path
-    if not manifest_path.is_file():
-        return {}
-    manifest = read_json(manifest_path)
-    entries = manifest.get("models") if isinstance(manifest, dict) else None
-    if not isinstance(entries, dict):
-        raise RunFolderError(
-            f"{manifest_path} lists no models; export again with: mnist-cnn export {run.path} --format onnx"
-        )
-    found = {}
-    for folder in run.trained_model_folders():
-        entry = entries.get(folder.name)
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-            path = manifest_path.parent / Path(entry["file"]).name  # A bare name: never a path out of the folder.
-            if path.is_file():
-                found[folder.name] = path
-    return found
+    state = run.export_state("onnx")
+    if state.stale:
+        say(sys.stderr, f"mnist-cnn: warning: {state.problem(run.path)}; until then the page asks the server")
+    return {name: state.artifact(name) for name in state.current}
 
 
 def page_config(summaries: list[dict[str, Any]], exports: dict[str, Path], api: bool, runtime: bool) -> dict[str, Any]:
@@ -158,13 +147,10 @@ def write_site(run_dir: Path, out_dir: Path) -> Path:
     is replaced whole. A folder that holds anything else is refused.
     """
     run = RunFolder.existing(run_dir)
-    exports = onnx_exports(run)
-    missing = [folder.name for folder in run.trained_model_folders() if folder.name not in exports]
-    if missing:
-        raise RunFolderError(
-            f"{run.path} has no ONNX export of {', '.join(missing)}: "
-            f"run mnist-cnn export {run.path} --format onnx first"
-        )
+    state = run.export_state("onnx")
+    if not state.complete:
+        raise RunFolderError(state.problem(run.path))
+    exports = {name: state.artifact(name) for name in state.current}
     runtime = runtime_folder()
     if runtime is None:
         folder = os.environ.get(RUNTIME_ENVIRONMENT) or DEFAULT_RUNTIME_FOLDER

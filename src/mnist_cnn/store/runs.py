@@ -9,6 +9,7 @@ training stack.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -21,6 +22,7 @@ from mnist_cnn.core.errors import ConfigError, RunFolderError, UserError
 from mnist_cnn.core.files import (
     TEMPORARY_MARK,
     atomic_path,
+    path_sha256,
     read_csv,
     read_json,
     read_record,
@@ -201,6 +203,45 @@ class ExportFolder:
         return manifest
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportState:
+    """What a run's export in one format holds against the run's trained models.
+
+    ``current``: each model whose artifact is there and was made from the model.keras the run
+    holds now (its manifest entry, by model name). ``missing``: models without an entry or an
+    artifact. ``stale``: models trained again since they were exported (the manifest records the
+    sha256 of the model.keras each export was made from; an entry without one, from an export
+    older than that record, cannot be checked and counts as current).
+    """
+
+    folder: ExportFolder
+    current: dict[str, dict[str, Any]]
+    missing: list[str]
+    stale: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.stale
+
+    def artifact(self, model_name: str) -> Path:
+        """A current model's artifact (its manifest's ``file`` taken as a bare name: never a path out of the folder)."""
+        return self.folder.path / Path(self.current[model_name]["file"]).name
+
+    def problem(self, run_path: Path) -> str | None:
+        """One line saying what is missing or out of date and the command that fixes it; None when complete."""
+        command = f"run 'mnist-cnn export {run_path} --format {self.folder.format}'"
+        if self.stale:
+            return (
+                f"the {self.folder.format} export of {', '.join(self.stale)} was made from an earlier model.keras "
+                f"(trained again since): {command} again"
+            )
+        if self.missing:
+            paths = ", ".join(str(self.folder.artifact_path(name)) for name in self.missing)
+            verb = "is" if len(self.missing) == 1 else "are"
+            return f"{paths} {verb} missing from the export; {command}"
+        return None
+
+
 # ---------------------------------------------------------------- the run folder
 
 
@@ -356,30 +397,47 @@ class RunFolder:
         return {folder.name: folder.load_model() for folder in self.trained_model_folders()}
 
     # Exports (`mnist-cnn export`)
+    def export_state(self, export_format: str) -> ExportState:
+        """Which trained models the run's own export in ``export_format`` holds, current or stale
+        (ExportState); a folder without a manifest holds none."""
+        folder = self.exports(export_format)
+        entries = folder.read_manifest()["models"] if folder.manifest_path.is_file() else {}
+        current, missing, stale = {}, [], []
+        for model in self.trained_model_folders():
+            entry = entries.get(model.name)
+            listed = isinstance(entry, dict) and isinstance(entry.get("file"), str)
+            if not listed or not (folder.path / Path(entry["file"]).name).exists():
+                missing.append(model.name)
+            elif entry.get("model_sha256") not in (None, path_sha256(model.model_path)):
+                stale.append(model.name)
+            else:
+                current[model.name] = entry
+        return ExportState(folder, current, missing, stale)
+
     def onnx_exports(self) -> dict[str, OnnxModelFile]:
         """Every trained model's ONNX export, by name, with the input and output names its
-        manifest records; one line naming the export command when any is missing."""
-        folder = self.exports("onnx")
-        command = f"run 'mnist-cnn export {self.path} --format onnx' first"
-        if not folder.manifest_path.is_file():
-            raise RunFolderError(f"{self.path} has no ONNX export ({folder.manifest_path} is missing); {command}")
-        entries = folder.read_manifest()["models"]
+        manifest records; one line naming the export command when any is missing or stale."""
+        state = self.export_state("onnx")
+        if not state.folder.manifest_path.is_file():
+            raise RunFolderError(
+                f"{self.path} has no ONNX export ({state.folder.manifest_path} is missing); "
+                f"run 'mnist-cnn export {self.path} --format onnx' first"
+            )
+        if not state.complete:
+            raise RunFolderError(state.problem(self.path))
         exports = {}
-        for folder_of_model in self.trained_model_folders():
-            entry = entries.get(folder_of_model.name)
+        for name, entry in state.current.items():
             try:
-                model_file = OnnxModelFile(
-                    path=folder.path / entry["file"],
+                exports[name] = OnnxModelFile(
+                    path=state.artifact(name),
                     input_name=entry["inputs"][0]["name"],
                     output_name=entry["outputs"][0]["name"],
                 )
             except (KeyError, IndexError, TypeError):
                 raise RunFolderError(
-                    f"the ONNX export of {self.path} has no usable entry for {folder_of_model.name}; {command}"
+                    f"the ONNX export of {self.path} has no usable entry for {name}; "
+                    f"run 'mnist-cnn export {self.path} --format onnx' again"
                 ) from None
-            if not model_file.path.is_file():
-                raise RunFolderError(f"{model_file.path} is missing; {command}")
-            exports[folder_of_model.name] = model_file
         return exports
 
     # Reports
