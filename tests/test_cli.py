@@ -242,3 +242,26 @@ def test_predict_image_files_processes_the_good_ones_and_reports_the_bad(smoke_r
     # The same image gives the same answer whichever way it comes in.
     by_file = cli("predict", smoke_run, good)
     assert by_file.stdout.splitlines()[1:] == piped.stdout.splitlines()[1:]
+
+
+def test_predict_takes_the_polarity_it_is_told(smoke_run: Path, tmp_path: Path) -> None:
+    """A drawing whose ink runs along an edge, which the guess inverts: --polarity light-on-dark
+    prepares it as prepare_digit is told to; an unknown polarity is refused before anything loads."""
+    import numpy as np
+
+    from mnist_cnn.predict.preprocess import prepare_digit
+    from tests.test_preprocess import seven_along_the_top_edge
+
+    drawing = tmp_path / "edge.png"
+    seven_along_the_top_edge().save(drawing)
+    for polarity in ("auto", "light-on-dark"):
+        result = cli("predict", smoke_run, drawing, "--polarity", polarity, "--show-input", tmp_path / polarity)
+        assert result.returncode == 0, result.stderr
+        shown = np.asarray(Image.open(tmp_path / polarity / "edge-28x28.png"), dtype=np.float32) / 255
+        expected = prepare_digit(seven_along_the_top_edge(), polarity=polarity)
+        np.testing.assert_allclose(shown, expected, atol=1 / 255)
+    assert not np.array_equal(
+        *(np.asarray(Image.open(tmp_path / p / "edge-28x28.png")) for p in ("auto", "light-on-dark"))
+    )
+    refused = cli("predict", smoke_run, drawing, "--polarity", "white")
+    assert refused.returncode == 2 and "invalid choice: 'white'" in refused.stderr

@@ -35,6 +35,41 @@ def test_dark_on_light_and_light_on_dark_give_the_same_digit() -> None:
     assert light_on_dark.max() <= 1.0 and light_on_dark.min() >= 0.0
 
 
+def seven_along_the_top_edge(ink: int = 255, paper: int = 0) -> Image.Image:
+    """A 7 whose bar runs along the whole top edge: the border the guess takes for paper is half ink."""
+    return drawn_seven(box=(0, 3, 199, 190), ink=ink, paper=paper, width=10)
+
+
+def test_a_stroke_along_a_whole_edge_fools_the_guess_and_the_polarity_said_is_kept() -> None:
+    """The page's pad says light-on-dark, as the browser's own preparation assumes: the server
+    then reads the stroke as ink where its guess would have read the background."""
+    image = seven_along_the_top_edge()
+    middle_of_the_stroke = (100, 130)  # (row, column) on the 7's diagonal, far from every edge.
+    guessed = ink_map(to_grayscale(image))
+    said = ink_map(to_grayscale(image), "light-on-dark")
+    assert guessed[middle_of_the_stroke] < 0.1 and said[middle_of_the_stroke] > 0.9
+    assert said[150:, 150:].max() == 0  # The pad's black is background.
+    # The same drawing in pen on paper, said so, is the same ink.
+    paper = ink_map(to_grayscale(seven_along_the_top_edge(ink=0, paper=255)), "dark-on-light")
+    np.testing.assert_allclose(paper, said, atol=1e-5)
+    np.testing.assert_allclose(
+        prepare_digit(seven_along_the_top_edge(ink=0, paper=255), polarity="dark-on-light"),
+        prepare_digit(image, polarity="light-on-dark"),
+        atol=1e-5,
+    )
+
+
+def test_a_polarity_said_agrees_with_the_guess_where_the_guess_is_right() -> None:
+    np.testing.assert_array_equal(prepare_digit(drawn_seven(), polarity="light-on-dark"), prepare_digit(drawn_seven()))
+    pen = drawn_seven(ink=0, paper=255)
+    np.testing.assert_array_equal(prepare_digit(pen, polarity="dark-on-light"), prepare_digit(pen))
+
+
+def test_an_unknown_polarity_is_a_value_error_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown polarity 'white': choose from auto, light-on-dark, dark-on-light"):
+        prepare_digit(drawn_seven(), polarity="white")
+
+
 @pytest.mark.parametrize(
     "box",
     [(5, 5, 45, 60), (150, 130, 195, 195), (90, 90, 110, 115), (0, 0, 199, 199)],

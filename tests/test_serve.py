@@ -100,6 +100,28 @@ def test_predict_answers_for_every_model_as_the_library_does(server: str, smoke_
         np.testing.assert_allclose(answer["probabilities"], expected[name].probabilities, atol=1e-6)
 
 
+def test_a_drawing_that_says_its_polarity_is_not_guessed(server: str) -> None:
+    """The page's pad says light-on-dark: a 7 whose bar runs along the top edge, which the
+    guess inverts, is then prepared as `prepare_digit(..., polarity="light-on-dark")` makes it."""
+    import base64
+
+    from mnist_cnn.predict.preprocess import digit_png, prepare_digit
+    from tests.test_preprocess import seven_along_the_top_edge
+
+    buffer = io.BytesIO()
+    seven_along_the_top_edge().save(buffer, format="PNG")
+    seen = {}
+    for polarity in ("auto", "light-on-dark"):
+        response = httpx.post(f"{server}/api/predict?polarity={polarity}", content=buffer.getvalue())
+        assert response.status_code == 200, response.text
+        seen[polarity] = base64.b64decode(response.json()["model_input_png"].partition(",")[2])
+    said = digit_png(prepare_digit(seven_along_the_top_edge(), polarity="light-on-dark"))
+    assert seen["light-on-dark"] == said and seen["auto"] != said
+    response = httpx.post(f"{server}/api/predict?polarity=white", content=buffer.getvalue())
+    assert response.status_code == 400
+    assert response.json() == {"detail": "unknown polarity 'white': choose from auto, light-on-dark, dark-on-light"}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -314,6 +336,11 @@ class OfflinePage:
     page: Page
     blocked: list[str]
     errors: list[str]
+    asked: list[str] = dataclasses.field(default_factory=list)  # The app's addresses the page asked for.
+
+    def predictions_asked(self) -> list[str]:
+        """The query strings of the page's requests for a prediction."""
+        return [url.partition("?")[2] for url in self.asked if "/api/predict" in url]
 
 
 def offline_page(browser: Browser, server: str, width: int, height: int) -> OfflinePage:
@@ -322,6 +349,7 @@ def offline_page(browser: Browser, server: str, width: int, height: int) -> Offl
 
     def only_the_app(route) -> None:
         if route.request.url.startswith(f"{server}/"):
+            watched.asked.append(route.request.url)
             route.continue_()
         else:
             watched.blocked.append(route.request.url)
@@ -387,6 +415,8 @@ def test_the_page_draws_a_digit_and_shows_both_models(server: str, tmp_path: Pat
             shutil.copy(tmp_path / "page.png", os.environ["MNIST_CNN_SCREENSHOT"])
         browser.close()
     assert all(answer.split()[0].isdigit() for answer in answers.values()), answers
+    # The pad is light ink on dark, and says so: the server does not guess a drawing's polarity.
+    assert watched.predictions_asked() and set(watched.predictions_asked()) == {"polarity=light-on-dark"}
     assert (tmp_path / "page.png").stat().st_size > 1000
     assert watched.blocked == [] and watched.errors == []
     assert overflow <= 1
@@ -456,6 +486,8 @@ def test_the_page_on_a_laptop_tap_stroke_upload_and_a_bad_upload(server: str, tm
     assert answers == ["", ""] and pad["max"] == 0 and not seen_visible
     assert beside["y"] < 200, beside
     assert watched.blocked == []
+    # Drawings say their polarity; the photos uploaded are the server's to guess.
+    assert set(watched.predictions_asked()) == {"polarity=light-on-dark", "polarity=auto"}
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from mnist_cnn.core.config import (
     DEFAULT_TRACKING_URI,
     MODEL_VARIANTS,
     OPTIMIZERS,
+    POLARITIES,
     SERVE_RUNTIMES,
     TRAINERS,
     Augmentation,
@@ -276,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="save the 28x28 image each model saw into DIR (default: off)",
+    )
+    predict.add_argument(
+        "--polarity",
+        choices=POLARITIES,
+        default="auto",
+        help="which is the ink: guessed per image, or light-on-dark (a screen or chalkboard) or "
+        "dark-on-light (pen on paper) when the guess is wrong, as for a digit whose stroke runs "
+        "along a whole edge of the image (default: %(default)s)",
     )
     predict.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
@@ -543,7 +552,7 @@ def predict_image_files(args: argparse.Namespace) -> int:
     from mnist_cnn.store.runs import RunFolder
 
     models = RunFolder.existing(args.run_dir).load_models()
-    results = predict_files(models, args.images, sys.stdin.buffer.read, args.show_input)
+    results = predict_files(models, args.images, sys.stdin.buffer.read, args.show_input, args.polarity)
     for failed in (result for result in results if result.error is not None):
         print(f"mnist-cnn: error: {failed.error}", file=sys.stderr)
     answered = [result for result in results if result.predictions is not None]

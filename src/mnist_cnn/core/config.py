@@ -30,6 +30,12 @@ PREDICTION_INDICES = (0, 1, 2)
 # seeds per hour than one 2-thread trial.
 DEFAULT_CPUS_PER_TRIAL = 1
 
+# Which is the ink in a user's image (predict.preprocess): guessed from the image ("auto"), or
+# said by whoever knows it. The guess takes the border for the paper; a drawing whose stroke
+# runs along a whole edge (the bar of a 7 at the very top of the pad) fools it, and the pad,
+# which knows its own colours, says so.
+POLARITIES = ("auto", "light-on-dark", "dark-on-light")
+
 
 # MNIST images: 28x28 pixels, one channel; ten digits.
 INPUT_SHAPE = (28, 28, 1)

@@ -50,10 +50,12 @@ def predict_files(
     sources: Sequence[str],
     read_standard_input: Callable[[], bytes],
     show_input: Path | None = None,
+    polarity: str = "auto",
 ) -> list[FilePrediction]:
     """Answer each file of ``sources`` (``-`` reads ``read_standard_input()``) with every model.
 
-    With ``show_input``, the 28x28 image each file became is saved there as a PNG.
+    With ``show_input``, the 28x28 image each file became is saved there as a PNG; ``polarity``
+    is prepare_digit's (guessed per image by default).
     """
     results = []
     for source in sources:
@@ -62,7 +64,7 @@ def predict_files(
                 image = read_image_bytes(read_standard_input(), "standard input")
             else:
                 image = read_image_file(Path(source))
-            digit = prepare_digit(image, source)
+            digit = prepare_digit(image, source, polarity)
         except ImageInputError as error:
             results.append(FilePrediction(source, error=str(error)))
             continue

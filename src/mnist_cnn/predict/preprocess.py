@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from mnist_cnn.core.config import POLARITIES
 from mnist_cnn.core.errors import ImageInputError
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -79,8 +80,9 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def ink_map(gray: np.ndarray) -> np.ndarray:
-    """Ink in [0, 1] on a 0 background: inverted when the digit is dark on light.
+def ink_map(gray: np.ndarray, polarity: str = "auto") -> np.ndarray:
+    """Ink in [0, 1] on a 0 background: inverted when the digit is dark on light (``polarity``
+    one of POLARITIES: "auto" decides it from the image, as below).
 
     The background (paper, board or screen) is estimated on a small copy of the image, so
     that a lamp's gradient across the whole sheet, or a shadow across part of it, is not
@@ -89,7 +91,8 @@ def ink_map(gray: np.ndarray) -> np.ndarray:
     brightness at each spot (``local_background``). Lines of ruled paper are then removed.
     """
     small = _shrunk(gray, BACKGROUND_SIDE)
-    if dark_on_light(small):
+    inverted = dark_on_light(small) if polarity == "auto" else polarity == "dark-on-light"
+    if inverted:
         gray, small = 1.0 - gray, 1.0 - small
     local = local_background(gray, small)
     # Ink relative to the paper's own brightness at that spot: under dim light the paper and
@@ -208,11 +211,17 @@ def remove_ruled_lines(ink: np.ndarray) -> np.ndarray:
     return cleaned if cleaned.max() > 0 else ink
 
 
-def prepare_digit(image: Image.Image, name: str = "image") -> np.ndarray:
-    """Any digit image -> float32 (28, 28) in [0, 1], prepared the way MNIST's digits were."""
+def prepare_digit(image: Image.Image, name: str = "image", polarity: str = "auto") -> np.ndarray:
+    """Any digit image -> float32 (28, 28) in [0, 1], prepared the way MNIST's digits were.
+
+    ``polarity`` (POLARITIES): "auto" guesses whether the digit is dark on light from the
+    image; "light-on-dark" or "dark-on-light" says it (a ValueError for anything else).
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"unknown polarity {polarity!r}: choose from {', '.join(POLARITIES)}")
     if max(image.size) > WORKING_SIDE:  # A photo's detail is lost at 20 pixels anyway; work faster.
         image = image.resize(_fit(image.size[::-1], WORKING_SIDE), Image.Resampling.LANCZOS)
-    ink = ink_map(to_grayscale(image))
+    ink = ink_map(to_grayscale(image), polarity)
     if ink.max() < 0.15:
         raise ImageInputError(f"{name}: the image is blank (no ink found); draw or photograph a digit")
     strong = strong_ink(ink)

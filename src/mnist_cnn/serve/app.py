@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from mnist_cnn.core.config import BatchingSettings, ServerSettings
+from mnist_cnn.core.config import POLARITIES, BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
 from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
@@ -194,13 +194,25 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         openapi_extra=IMAGE_BODY,
         responses=PREDICT_RESPONSES,
     )
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(
+        request: Request,
+        polarity: str = Query(
+            "auto",
+            description="which is the ink: guessed from the image (auto), or said: light-on-dark (the page's "
+            "pad, a screen), dark-on-light (pen on paper)",
+            json_schema_extra={"enum": list(POLARITIES)},
+        ),
+    ) -> JSONResponse:
+        if polarity not in POLARITIES:  # One sentence, as every error here (not FastAPI's list).
+            raise HTTPException(
+                status_code=400, detail=f"unknown polarity {polarity!r}: choose from {', '.join(POLARITIES)}"
+            )
         content = await read_upload(request)
         loop = asyncio.get_running_loop()
         try:
             # Admitted before decoding: a request waiting for a decoding thread counts as queued.
             with worker.admitted():
-                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content)
+                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content, polarity)
                 future = worker.submit(digit)
         except Overloaded as error:
             raise HTTPException(
@@ -359,10 +371,10 @@ async def read_form_file(request: Request) -> bytes:
     return content
 
 
-def prepare_upload(content: bytes) -> tuple[np.ndarray, str]:
+def prepare_upload(content: bytes, polarity: str = "auto") -> tuple[np.ndarray, str]:
     """Decode and prepare an upload (in a worker thread): the 28x28 digit and it as a data URL."""
     try:
-        digit = prepare_digit(read_image_bytes(content, "upload"), "upload")
+        digit = prepare_digit(read_image_bytes(content, "upload"), "upload", polarity)
     except ImageInputError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
     return digit, "data:image/png;base64," + base64.b64encode(digit_png(digit)).decode("ascii")
