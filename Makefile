@@ -74,7 +74,7 @@ notebook: $(DEV)
 ## fixtures such as a sweep are then made once, and no two files share a Ray).
 TEST_WORKERS ?= 2
 test: $(DEV) $(WEB)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 ## The suite without the tests marked slow (Ray, browser, notebook, subprocess-kill).
 test-fast: $(DEV) $(WEB)

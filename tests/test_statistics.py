@@ -359,3 +359,11 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_both() -> None:
 
     # (seconds per epoch, accuracy): A is beaten by nothing; B costs more for less; F8 is cheapest.
     assert pareto_front([(10.0, 0.985), (21.0, 0.984), (4.0, 0.980), (40.0, 0.986)]) == [0, 2, 3]
+
+
+def test_parameter_counts_are_labelled_in_thousands_and_millions() -> None:
+    from mnist_cnn.report.figures import count_label
+
+    assert [count_label(value) for value in (800, 5000, 200_000, 1_000_000, 2_500_000)] == [
+        "800", "5k", "200k", "1M", "2.5M",
+    ]  # fmt: skip

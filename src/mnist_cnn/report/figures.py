@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # Files only: runs happen on machines with no screen.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from mnist_cnn.core.files import atomic_path  # noqa: E402
 from mnist_cnn.core.results import Comparison, HistoryRow, ModelMetrics, PredictionsOnTestImages  # noqa: E402
@@ -253,6 +253,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     ]
 
 
+def count_label(value: float) -> str:
+    """12000 -> "12k", 2000000 -> "2M": a parameter count for an axis."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
 def plot_accuracy_against_cost(statistics: SweepStatistics, path: Path) -> None:
     """Mean test accuracy (95 % CI) against training cost (s/epoch) and against parameters, per
     model, the Pareto front marked: the models nothing else beats on both accuracy and cost."""
@@ -282,7 +290,12 @@ def plot_accuracy_against_cost(statistics: SweepStatistics, path: Path) -> None:
             color="black", linestyle=":", linewidth=1, label="Pareto front",
         )  # fmt: skip
         if label == "parameters":
+            # Log scale, labelled at 1, 2 and 5 of each decade as "200k", "1M": matplotlib's own
+            # labels of the minor ticks (3x10^5, 4x10^5...) run into each other.
             axis.set_xscale("log")
+            axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: count_label(value)))
+            axis.xaxis.set_minor_formatter(NullFormatter())
         title = f"accuracy against {label.split(' (')[0]}"
         axis.set(xlabel=label, ylabel="test accuracy (%), mean and 95 % CI", title=title)
         axis.grid(alpha=0.3)
