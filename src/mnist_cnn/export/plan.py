@@ -53,7 +53,7 @@ FORMATS = {
     "litert": ExportFormat(
         name="litert",
         keras_format="litert",
-        runtime="ai-edge-litert (ai_edge_litert.interpreter.Interpreter)",
+        runtime="ai-edge-litert (ai_edge_litert.interpreter.Interpreter, built-in kernels, no XNNPACK delegate)",
         packages={"tensorflow": "tensorflow-cpu", "ai_edge_litert": "ai-edge-litert"},
         produced_by="keras Model.export(format='litert') on the TensorFlow backend (the TFLite converter)",
     ),
