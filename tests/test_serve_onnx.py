@@ -201,10 +201,10 @@ def test_requests_being_decoded_count_against_the_queue(onnx_run: Path, monkeypa
     decoding = threading.Semaphore(0)
     prepare = app_module.prepare_upload
 
-    def slow_prepare(content: bytes):
+    def slow_prepare(content: bytes, polarity: str = "auto"):
         decoding.release()
         release.wait(timeout=60)
-        return prepare(content)
+        return prepare(content, polarity)
 
     monkeypatch.setattr(app_module, "prepare_upload", slow_prepare)
     app = app_module.create_app(onnx_run, BatchingSettings(max_batch=1, queue_size=2), runtime="onnx")
