@@ -232,7 +232,7 @@ class ExportState:
         command = f"run 'mnist-cnn export {run_path} --format {self.folder.format}'"
         if self.stale:
             return (
-                f"the {self.folder.format} export of {', '.join(self.stale)} was made from an earlier model.keras "
+                f"the {self.folder.format} export of {', '.join(self.stale)} was made from an earlier {MODEL_FILE} "
                 f"(trained again since): {command} again"
             )
         if self.missing:
