@@ -112,3 +112,25 @@ def test_the_runtime_lock_is_lean_and_the_dev_lock_contains_it() -> None:
     assert {"tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"} <= set(dev)  # The export extra, tested.
     differing = {name: (version, dev.get(name)) for name, version in runtime.items() if dev.get(name) != version}
     assert differing == {}, f"runtime pins missing from the dev lock or at another version: {differing}"
+
+
+ZEN_5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+"""
+
+
+def test_the_cpu_is_named_with_its_family_and_model_so_two_generations_of_one_name_differ() -> None:
+    assert environment.cpu_model(ZEN_5_CPUINFO) == "AMD EPYC (family 26, model 2)"  # The first processor's.
+    zen_4 = ZEN_5_CPUINFO.replace("26", "25").replace("model\t\t: 2\n", "model\t\t: 17\n")
+    assert environment.cpu_model(zen_4) == "AMD EPYC (family 25, model 17)"
+    assert environment.cpu_model("model name\t: Some ARM core\n") == "Some ARM core"  # No numbers: the name alone.

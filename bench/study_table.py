@@ -1,0 +1,95 @@
+"""The README's table of the filter study, printed from a published sweep (``docs/study``).
+
+The numbers in README's "How many filters does this CNN need?" come from here, not from a
+hand copy: per variant its filters and dropout, its parameters, its test accuracy (mean and
+95 % CI over the seeds), the paired difference to the baseline with its 95 % CI and the
+Holm-adjusted p-value, and its median seconds per epoch as a ratio to the baseline's
+(geometric mean over the seeds, with its 95 % CI). Then one line per seed: where it ran
+and how long it took.
+
+    python bench/study_table.py docs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+BUILT_IN_FILTERS = {"Model_A": 32, "Model_B": 64}  # The specification's two; variants record theirs.
+
+
+def architecture(name: str, variants: dict[str, dict]) -> str:
+    spec = variants.get(name)
+    if spec is None:
+        return str(BUILT_IN_FILTERS[name])
+    dropout = f", dropout {spec['dropout']:g}" if spec.get("dropout") else ""
+    return f"{spec['filters']}{dropout}"
+
+
+def parameters(study: Path, seed: int, name: str) -> int:
+    return json.loads((study / f"seed-{seed}" / name / "metrics.json").read_text())["parameters"]
+
+
+def points(value: float) -> str:
+    return f"{value * 100:+.2f}"
+
+
+def model_rows(study: Path, statistics: dict) -> list[str]:
+    variants = {spec["name"]: spec for spec in statistics["experiment"]["variants"]}
+    baseline = statistics["baseline"]
+    comparisons = {comparison["second"]: comparison for comparison in statistics["comparisons"]}
+    first_seed = statistics["seeds_finished"][0]
+    rows = [
+        f"| model | filters | parameters | test accuracy, mean [95 % CI] | − {baseline}, points [95 % CI] "
+        f"| Holm-adjusted p | s/epoch × {baseline}'s [95 % CI] |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, measures in statistics["models"].items():
+        accuracy = measures["test_accuracy"]
+        cells = [
+            name,
+            architecture(name, variants),
+            f"{parameters(study, first_seed, name):,}",
+            f"{accuracy['mean'] * 100:.2f} % [{accuracy['ci_low'] * 100:.2f}, {accuracy['ci_high'] * 100:.2f}]",
+        ]
+        if name == baseline:
+            cells += ["(baseline)", "", "1"]
+        else:
+            difference = comparisons[name]["differences"]["test_accuracy"]
+            ratio = comparisons[name]["ratios"]["seconds_per_epoch_median"]
+            cells += [
+                f"{points(difference['mean'])} [{points(difference['ci_low'])}, {points(difference['ci_high'])}]",
+                f"{difference['holm_p']:.3g}",
+                f"{ratio['geometric_mean']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]",
+            ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def seed_rows(study: Path, statistics: dict) -> list[str]:
+    rows = ["| seed | CPU | minutes | test accuracy of each model (%) |", "|---:|---|---:|---|"]
+    for trial in statistics["trials"]:
+        seed = trial["seed"]
+        accuracies = ", ".join(
+            f"{measures['test_accuracy']['values'][index] * 100:.2f}"
+            for measures in statistics["models"].values()
+            for index in [statistics["seeds_finished"].index(seed)]
+        )
+        rows.append(f"| {seed} | {trial['cpu']} | {trial['wall_seconds'] / 60:.0f} | {accuracies} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="a sweep folder with statistics.json (e.g. docs/study)")
+    arguments = parser.parse_args()
+    statistics = json.loads((arguments.study / "statistics.json").read_text())
+    print(f"{len(statistics['seeds_finished'])} of {len(statistics['seeds_requested'])} seeds\n")
+    print("\n".join(model_rows(arguments.study, statistics)))
+    print()
+    print("\n".join(seed_rows(arguments.study, statistics)))
+
+
+if __name__ == "__main__":
+    main()
