@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -194,6 +195,36 @@ def resident_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and every process below it (the workers of
+    ``serve --workers N`` are children of the one started): what the server spent, whoever ran it."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # Gone since the listing.
+            continue
+        # After "pid (comm)": state, ppid, ... utime and stime are fields 14 and 15 of stat(5).
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, waiting = 0.0, [pid]
+    while waiting:
+        current = waiting.pop()
+        total += times.get(current, 0.0)
+        waiting += children.get(current, [])
+    return total
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (wrk): what the load itself cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def raw_load(url: str, clients: int, seconds: float, bodies: list[tuple[bytes, str]], retry_after: bool):
     """``load`` on bare asyncio streams (HTTP/1.1 keep-alive, requests written as bytes): at
     hundreds of connections httpx's own work would be much of what is timed. A client refused
@@ -294,15 +325,51 @@ def onnx_thread_timings(run_dir: Path, repeats: int = 20) -> list[dict]:
     return rows
 
 
+def preparation_timings(bodies, repeats: int = 5) -> dict:
+    """The server's per-request work outside the models, one thread, median ms per image over
+    the bodies: decoding, preparing (polarity guessed, and said), the 28x28 PNG it sends back."""
+    import base64
+
+    from mnist_cnn.predict.preprocess import digit_png, prepare_digit, read_image_bytes
+
+    def median_ms(step) -> float:
+        times = []
+        for _ in range(repeats):
+            for index in range(len(bodies)):
+                start = time.perf_counter()
+                step(index)
+                times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+
+    images = [read_image_bytes(body) for body, _ in bodies]
+    said = ["light-on-dark" if index % 2 == 0 else "dark-on-light" for index in range(len(bodies))]
+    digits = [prepare_digit(image) for image in images]
+    timings = {
+        "decode": median_ms(lambda index: read_image_bytes(bodies[index][0])),
+        "prepare, polarity guessed": median_ms(lambda index: prepare_digit(images[index])),
+        "prepare, polarity said": median_ms(lambda index: prepare_digit(images[index], polarity=said[index])),
+        "28x28 PNG, base64": median_ms(lambda index: base64.b64encode(digit_png(digits[index]))),
+    }
+    for step, milliseconds in timings.items():
+        print(f"| {step} | {milliseconds:.3f} |", flush=True)
+    return timings
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def measure(url: str, label: str, seconds: float, bodies, client: str, levels=CLIENT_LEVELS) -> list[dict]:
+def measure(
+    url: str, label: str, seconds: float, bodies, client: str, levels=CLIENT_LEVELS, pid: int | None = None
+) -> list[dict]:
+    """Every client level against ``url``; with the server's ``pid``, its CPU time per answered
+    request too (and wrk's): how much of the two cores one answer costs, whatever the load."""
     rows = []
     asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
     for clients in levels:
+        server_before = process_tree_cpu_seconds(pid) if pid else None
+        client_before = children_cpu_seconds()
         if client == "wrk":
             with tempfile.TemporaryDirectory() as folder:
                 row = {"server": label, "clients": clients, **wrk_load(url, clients, seconds, bodies, Path(folder))}
@@ -318,23 +385,35 @@ def measure(url: str, label: str, seconds: float, bodies, client: str, levels=CL
                 "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
                 "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else None,
             }
+        answered = max(row["ok"], 1)
+        row["server_cpu_ms_per_request"] = (
+            (process_tree_cpu_seconds(pid) - server_before) * 1000 / answered if pid else None
+        )
+        row["client_cpu_ms_per_request"] = (
+            (children_cpu_seconds() - client_before) * 1000 / answered if client == "wrk" else None
+        )
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
 
 
 def print_level_header() -> None:
-    print("| server | clients | requests/s | p50 ms | p99 ms | answered | non-200 |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "| server | clients | requests/s | p50 ms | p99 ms | answered | non-200 "
+        "| server CPU ms/request | wrk CPU ms/request |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
 
 
 def format_row(row: dict) -> str:
     p50 = f"{row['p50_ms']:.1f}" if row["p50_ms"] is not None else "-"
     p99 = f"{row['p99_ms']:.1f}" if row["p99_ms"] is not None else "-"
     errors = ", ".join(f"{count} x {status}" for status, count in row["errors"].items()) or "none"
+    cpu = [row.get(key) for key in ("server_cpu_ms_per_request", "client_cpu_ms_per_request")]
+    server_cpu, client_cpu = (f"{value:.2f}" if value is not None else "-" for value in cpu)
     return (
         f"| {row['server']} | {row['clients']} | {row['requests_per_second']:.0f} | {p50} | {p99} "
-        f"| {row['ok']}/{row['requests']} | {errors} |"
+        f"| {row['ok']}/{row['requests']} | {errors} | {server_cpu} | {client_cpu} |"
     )
 
 
@@ -353,7 +432,7 @@ def measure_variants(args, bodies, results: dict) -> None:
         label, options = SERVER_VARIANTS[key]
         process, url = start_server(args.run_dir, options)
         try:
-            results["rows"] += measure(url, label, args.seconds, bodies, args.client)
+            results["rows"] += measure(url, label, args.seconds, bodies, args.client, pid=process.pid)
             if key in ("jax", "onnx") and args.memory_requests:
                 results["memory"][key] = memory_growth(process, url, bodies, args.memory_requests)
         finally:
@@ -458,6 +537,8 @@ def main() -> None:
         print_level_header()
         results["rows"] += measure(args.url, args.label, args.seconds, bodies, args.client)
     else:
+        print("\nPer request, outside the models (one thread, median ms per image):\n| step | ms |\n|---|---:|")
+        results["preparation"] = preparation_timings(bodies)
         if any(key.startswith("onnx") for key in args.variants):
             print("\nonnxruntime forward passes, both models (median ms):\n| intra-op threads | batch | ms |")
             print("|---:|---:|---:|")

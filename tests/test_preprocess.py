@@ -300,3 +300,25 @@ def test_the_robustness_sets_lamp_photos_prepare_like_their_evenly_lit_twins() -
         expected = prepare_digit(even)
         prepared = aligned(prepare_digit(lit), expected)
         assert np.abs(prepared - expected).mean() < 0.05 and similarity(prepared, expected) > 0.95, index
+
+
+@pytest.mark.parametrize("length", [24, 25, 87, 124, 125])
+def test_the_fast_paper_fit_equals_numpys_lstsq_and_quantile(length: int) -> None:
+    """The server fits a surface to every upload's border by the normal equations and a
+    partial sort; they must give what lstsq and np.quantile give, on well-posed borders and on
+    a tiny image's degenerate one (where lstsq is used)."""
+    from mnist_cnn.predict.preprocess import _least_squares, _quantile, _surface_design
+
+    rng = np.random.default_rng(length)
+    samples = _surface_design(32, 40)[2][rng.choice(140, size=length, replace=False)]
+    values = samples @ rng.normal(size=6) + rng.normal(0, 0.05, size=length)
+    expected = np.linalg.lstsq(samples, values, rcond=None)[0]
+    np.testing.assert_allclose(_least_squares(samples, values), expected, rtol=1e-9, atol=1e-12)
+    residuals = np.abs(values - samples @ expected)
+    for fraction in (0.0, 0.5, 0.7, 1.0):
+        assert _quantile(residuals, fraction) == pytest.approx(np.quantile(residuals, fraction), rel=1e-12)
+    tiny = _surface_design(2, 5)[2]  # v**2 = 1 everywhere on a 2-row image: no unique fit.
+    tiny_values = rng.random(len(tiny))
+    np.testing.assert_allclose(
+        _least_squares(tiny, tiny_values), np.linalg.lstsq(tiny, tiny_values, rcond=None)[0], atol=1e-12
+    )
