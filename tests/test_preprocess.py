@@ -49,6 +49,12 @@ def test_a_stroke_along_a_whole_edge_fools_the_guess_and_the_polarity_said_is_ke
     said = ink_map(to_grayscale(image), "light-on-dark")
     assert guessed[middle_of_the_stroke] < 0.1 and said[middle_of_the_stroke] > 0.9
     assert said[150:, 150:].max() == 0  # The pad's black is background.
+    # The bar along the edge is ink too, not taken for background (extend_background): the
+    # prepared digit is a 7, its bar across the top of the 20-pixel box, not a lone diagonal.
+    assert said[:7, :].min() > 0.9
+    prepared = prepare_digit(image, polarity="light-on-dark")
+    top = int(np.flatnonzero(prepared.max(axis=1) > 0.5)[0])
+    assert (prepared[top] > 0.5).sum() >= 15
     # The same drawing in pen on paper, said so, is the same ink.
     paper = ink_map(to_grayscale(seven_along_the_top_edge(ink=0, paper=255)), "dark-on-light")
     np.testing.assert_allclose(paper, said, atol=1e-5)

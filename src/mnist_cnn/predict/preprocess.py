@@ -29,6 +29,7 @@ INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel cou
 WORKING_SIDE = 512  # Larger images are shrunk to this (longer side) before anything else.
 RULED_LINE_THICKNESS = 0.03  # Lines of ruled paper: at most this fraction of the image thick.
 BACKGROUND_SIDE = 32  # The background (paper, lamp light, shadows) is estimated on a copy this size.
+EDGE_STROKE_CONTRAST = 0.1  # An edge pixel this much brighter than the paper just inside it is a stroke's.
 SPECKLE_SIDE = 64  # From this size (shorter side) up, a lone strong pixel is noise, not a stroke.
 
 
@@ -189,13 +190,14 @@ def local_background(gray: np.ndarray, small: np.ndarray | None = None) -> np.nd
 
     An opening (minimum, then maximum) removes every bright stroke narrower than the window
     and keeps a gradient as it is, up to the edges: the copy is first extended by a window's
-    width of its own edge values, so that the darkest corner of a sheet is not under-estimated
-    (and taken for ink) for want of a window that fits inside the image there.
+    width of the background at its edges (``extend_background``), so that the darkest corner
+    of a sheet is not under-estimated (and taken for ink) for want of a window that fits
+    inside the image there.
     """
     if small is None:
         small = _shrunk(gray, BACKGROUND_SIDE)
     window = max(3, max(small.shape) // 4)
-    extended = np.pad(small, window, mode="edge")
+    extended = extend_background(small, window)
     opened = ndimage.grey_opening(extended, size=(window, window))[window:-window, window:-window]
     # A small blur softens the opening's steps. The background is smooth, so it goes on in a
     # straight line past the edges (two pixels, then one after the blur): the blur and the
@@ -209,6 +211,37 @@ def local_background(gray: np.ndarray, small: np.ndarray | None = None) -> np.nd
         ),
         dtype=np.float32,
     )
+
+
+def extend_background(small: np.ndarray, by: int) -> np.ndarray:
+    """``small`` extended by ``by`` pixels on every side with its background at each edge:
+    np.pad's "edge" mode (each edge pixel repeated outwards), except where a stroke runs along
+    the edge.
+
+    Repeating an edge pixel that is ink turns a stroke along the edge (the bar of a 7 drawn
+    at the top of the pad) into a band wider than the opening's window, which the opening then
+    keeps as background, and the stroke is lost. So each edge pixel is compared with the
+    darkest pixel within half a window inwards (a stroke is narrower than that: the opening
+    removes anything narrower than the window): more than EDGE_STROKE_CONTRAST brighter, it
+    is ink, and that darkest pixel is repeated instead. A lamp's gradient changes far less over
+    half a window, and its edge pixels are repeated as before. Rows first, then columns of
+    the taller array, as np.pad does (so corners come from the padded rows).
+    """
+    depth = max(1, by // 2)
+    rows = _extend_axis(small, by, depth)
+    return _extend_axis(rows.T, by, depth).T
+
+
+def _extend_axis(image: np.ndarray, by: int, depth: int) -> np.ndarray:
+    """``image`` extended by ``by`` rows above and below (``extend_background``'s rule)."""
+    depth = min(depth, image.shape[0])
+    top = _background_line(image[0], image[:depth].min(axis=0))
+    bottom = _background_line(image[-1], image[-depth:].min(axis=0))
+    return np.concatenate([np.repeat(top[None], by, axis=0), image, np.repeat(bottom[None], by, axis=0)])
+
+
+def _background_line(edge: np.ndarray, darkest: np.ndarray) -> np.ndarray:
+    return np.where(edge - darkest > np.float32(EDGE_STROKE_CONTRAST), darkest, edge).astype(np.float32)
 
 
 def _fit(shape: tuple[int, ...], side: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@
   const INK_THRESHOLD = 0.2;
   const RULED_LINE_THICKNESS = 0.03;
   const BACKGROUND_SIDE = 32;
+  const EDGE_STROKE_CONTRAST = 0.1;
   const SPECKLE_SIDE = 64;
   const BLANK_INK = 0.15;
   const f32 = Math.fround;
@@ -125,15 +126,39 @@
     return [Math.max(1, roundHalfEven(width * scale)), Math.max(1, roundHalfEven(height * scale))];
   }
 
-  // np.pad(..., mode="edge") of a width x height image by `by` on every side.
-  function padEdge(pixels, width, height, by) {
-    const outWidth = width + 2 * by, outHeight = height + 2 * by;
-    const result = new Float32Array(outWidth * outHeight);
-    for (let y = 0; y < outHeight; y++) {
-      const sourceY = Math.min(Math.max(y - by, 0), height - 1);
-      for (let x = 0; x < outWidth; x++) {
-        result[y * outWidth + x] = pixels[sourceY * width + Math.min(Math.max(x - by, 0), width - 1)];
+  // preprocess.extend_background: a width x height image extended by `by` on every side with
+  // its background at each edge, np.pad's "edge" mode except where an edge pixel is more than
+  // EDGE_STROKE_CONTRAST brighter than the darkest pixel within half a window inwards (a
+  // stroke along the edge): that darkest pixel is repeated instead. Rows first, then columns.
+  function extendBackground(pixels, width, height, by) {
+    const depth = Math.max(1, Math.floor(by / 2));
+    const rows = extendRows(pixels, width, height, by, Math.min(depth, height));
+    const columns = extendRows(transpose(rows, width, height + 2 * by), height + 2 * by, width, by, Math.min(depth, width));
+    return transpose(columns, height + 2 * by, width + 2 * by);
+  }
+
+  // `by` rows above and below a width x height image (extendBackground's rule).
+  function extendRows(pixels, width, height, by, depth) {
+    const result = new Float32Array(width * (height + 2 * by));
+    const stroke = f32(EDGE_STROKE_CONTRAST);
+    for (let x = 0; x < width; x++) {
+      for (const [edgeRow, step, firstOut, outStep] of [[0, 1, by - 1, -1], [height - 1, -1, by + height, 1]]) {
+        const edge = pixels[edgeRow * width + x];
+        let darkest = edge;
+        for (let d = 1; d < depth; d++) darkest = Math.min(darkest, pixels[(edgeRow + d * step) * width + x]);
+        const value = f32(edge - darkest) > stroke ? darkest : edge;
+        for (let k = 0; k < by; k++) result[(firstOut + k * outStep) * width + x] = value;
       }
+      for (let y = 0; y < height; y++) result[(y + by) * width + x] = pixels[y * width + x];
+    }
+    return result;
+  }
+
+  // A width x height image (row by row) as height x width.
+  function transpose(pixels, width, height) {
+    const result = new Float32Array(pixels.length);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) result[x * height + y] = pixels[y * width + x];
     }
     return result;
   }
@@ -190,7 +215,7 @@
   function localBackground(small, smallWidth, smallHeight, width, height) {
     const window = Math.max(3, Math.floor(Math.max(smallWidth, smallHeight) / 4));
     const extendedWidth = smallWidth + 2 * window, extendedHeight = smallHeight + 2 * window;
-    const extended = padEdge(small, smallWidth, smallHeight, window);
+    const extended = extendBackground(small, smallWidth, smallHeight, window);
     const half = Math.floor(window / 2), rest = window - 1 - half;
     const eroded = extremeFilter(extended, extendedWidth, extendedHeight, half, rest, false);
     const dilated = extremeFilter(eroded, extendedWidth, extendedHeight, rest, half, true);
@@ -369,7 +394,7 @@
     return centreByMass(resized, outWidth, outHeight);
   }
 
-  const api = { prepareDigit, grayFromRGBA, roundHalfEven };
+  const api = { prepareDigit, grayFromRGBA, roundHalfEven, extendBackground };
   root.mnistPrepare = api;
   if (typeof module !== "undefined" && module.exports) module.exports = api;
 })(typeof globalThis !== "undefined" ? globalThis : this);
