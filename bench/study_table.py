@@ -68,15 +68,17 @@ def model_rows(study: Path, statistics: dict) -> list[str]:
 
 
 def seed_rows(study: Path, statistics: dict) -> list[str]:
-    rows = ["| seed | CPU | minutes | test accuracy of each model (%) |", "|---:|---|---:|---|"]
+    names = list(statistics["models"])
+    rows = [
+        "| seed | CPU | minutes | " + " | ".join(f"{name} (%)" for name in names) + " |",
+        "|---:|---|---:|" + "---:|" * len(names),
+    ]
     for trial in statistics["trials"]:
-        seed = trial["seed"]
-        accuracies = ", ".join(
-            f"{measures['test_accuracy']['values'][index] * 100:.2f}"
-            for measures in statistics["models"].values()
-            for index in [statistics["seeds_finished"].index(seed)]
+        index = statistics["seeds_finished"].index(trial["seed"])
+        accuracies = [f"{statistics['models'][name]['test_accuracy']['values'][index] * 100:.2f}" for name in names]
+        rows.append(
+            f"| {trial['seed']} | {trial['cpu']} | {trial['wall_seconds'] / 60:.0f} | " + " | ".join(accuracies) + " |"
         )
-        rows.append(f"| {seed} | {trial['cpu']} | {trial['wall_seconds'] / 60:.0f} | {accuracies} |")
     return rows
 
 
