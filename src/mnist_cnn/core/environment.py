@@ -127,6 +127,19 @@ def read_cpuinfo() -> str:
         return ""
 
 
+def first_processor(cpuinfo: str) -> dict[str, str]:
+    """The fields of the first processor's block of /proc/cpuinfo text (the others repeat them)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, colon, value = line.partition(":")
+        if not colon:
+            if fields:
+                break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's name, with its family and model numbers where /proc/cpuinfo gives them.
 
@@ -134,14 +147,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     generations differ twice over in training speed here (Zen 4 against Zen 5): the numbers
     tell runs of one machine from another's. ``cpuinfo``: the text to read (the machine's own by default).
     """
-    fields: dict[str, str] = {}
-    for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
-        key, colon, value = line.partition(":")
-        if not colon:
-            if fields:  # The first processor's block is enough.
-                break
-            continue
-        fields.setdefault(key.strip(), value.strip())
+    fields = first_processor(read_cpuinfo() if cpuinfo is None else cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields and "model" in fields:
         return f"{name} (family {fields['cpu family']}, model {fields['model']})"
@@ -151,9 +157,10 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 def cpu_description() -> str:
     """Model, core count and widest vector extension: what a benchmark's ratios depend on."""
     cpuinfo = read_cpuinfo()
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    flags = first_processor(cpuinfo).get("flags")
     if flags is None:
         return platform.processor() or platform.machine()
+    flags = flags.split()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{cpu_model(cpuinfo)}, {os.cpu_count()} cores, {vector}"
 

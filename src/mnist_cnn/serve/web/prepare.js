@@ -394,7 +394,7 @@
     return centreByMass(resized, outWidth, outHeight);
   }
 
-  const api = { prepareDigit, grayFromRGBA, roundHalfEven, extendBackground };
+  const api = { prepareDigit, grayFromRGBA, roundHalfEven };
   root.mnistPrepare = api;
   if (typeof module !== "undefined" && module.exports) module.exports = api;
 })(typeof globalThis !== "undefined" ? globalThis : this);
