@@ -126,7 +126,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         check_onnxruntime()
         models: dict[str, Any] = run.onnx_exports()
         parameters = {name: recorded_parameters(run, name) for name in models}
-        worker = InferenceWorker(models, settings, build_forward=onnx_forward).start()
+        worker = InferenceWorker(models, settings, build_forward=onnx_forward, pad_batches=False).start()
     else:
         models = run.load_models()
         parameters = {name: int(model.count_params()) for name, model in models.items()}

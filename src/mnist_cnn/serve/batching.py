@@ -15,7 +15,10 @@ the decoding threads, and even the requests that are answered wait there for mos
 
 What runs the forward passes is a ``Forward`` per model, built in the worker's thread by
 ``build_forward``: ``compiled_forward`` on the Keras models (JAX), or ``onnx_forward`` on the
-run's ONNX exports; the batching is the same for both.
+run's ONNX exports; the batching is the same for both, but for the padding: a jitted JAX
+function compiles once per batch shape, so its batches are padded to a few fixed sizes, while
+onnxruntime takes any batch as it is (``pad_batches=False``), and a batch of 5 costs 5 images,
+not 16.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class InferenceWorker:
     """One thread that owns the models and answers queued digits in batches.
 
     ``models`` maps names to what ``build_forward`` turns into a ``Forward``: Keras models for
-    ``compiled_forward`` (the default), ``OnnxModelFile``s for ``onnx_forward``.
+    ``compiled_forward`` (the default), ``OnnxModelFile``s for ``onnx_forward``. ``pad_batches``:
+    whether each batch is padded to the next of ``settings.batch_sizes()`` (for a forward that
+    compiles per shape).
     """
 
     def __init__(
@@ -57,8 +62,10 @@ class InferenceWorker:
         models: dict[str, Any],
         settings: BatchingSettings | None = None,
         build_forward: Callable[[Any], Forward] | None = None,
+        pad_batches: bool = True,
     ) -> None:
         self.models = models
+        self.pad_batches = pad_batches
         self._build_forward = build_forward or compiled_forward
         # Built in the worker's thread, like every model call: nothing else touches them.
         self._forwards: dict[str, Forward] = {}
@@ -160,7 +167,7 @@ class InferenceWorker:
         live = [request for request in batch if request.future.set_running_or_notify_cancel()]
         if not live:
             return
-        size = next(size for size in self.settings.batch_sizes() if size >= len(live))
+        size = next(size for size in self.settings.batch_sizes() if size >= len(live)) if self.pad_batches else None
         try:
             digits = np.stack([request.digit for request in live])
             answers = predict_digits(self._forwards, digits, padded_size=size)
