@@ -286,6 +286,39 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
         assert http.post("/api/predict", content=upload).status_code == 200
 
 
+@pytest.mark.parametrize(("pad_batches", "expected"), [(True, [1, 16]), (False, [1, 5])])
+def test_batches_are_padded_only_for_a_forward_that_compiles_per_shape(pad_batches: bool, expected: list[int]) -> None:
+    """JAX's jitted forward sees only the batch sizes compiled at start-up (1, 4, 16, 64);
+    onnxruntime takes any batch, and five queued digits cost it five images, not sixteen."""
+    from mnist_cnn.core.config import BatchingSettings
+    from mnist_cnn.serve.batching import InferenceWorker
+
+    shapes: list[int] = []
+    release = threading.Event()
+
+    def build_forward(model):
+        def forward(images):
+            if images.any():  # Warm-up batches are blank and not recorded.
+                shapes.append(len(images))
+                release.wait(timeout=30)  # Hold the first batch while five more queue behind it.
+            return np.full((len(images), 10), 0.1, dtype=np.float32)
+
+        return forward
+
+    worker = InferenceWorker({"Model_A": None}, BatchingSettings(), build_forward, pad_batches=pad_batches).start()
+    worker.wait_ready(timeout=30)
+    digits = np.ones((28, 28), dtype=np.float32)
+    futures = [worker.submit(digits)]
+    deadline = time.monotonic() + 30
+    while not shapes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    futures += [worker.submit(digits) for _ in range(5)]
+    release.set()
+    assert all(len(future.result(timeout=30)) == 1 for future in futures)
+    worker.stop()
+    assert shapes == expected
+
+
 @pytest.mark.slow
 def test_a_briefly_trained_model_reads_most_printed_digits(trained_run: Path) -> None:
     """Digits rendered from fonts, dark on light and light on dark: no MNIST image among them.
