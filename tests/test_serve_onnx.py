@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -126,14 +130,33 @@ def test_the_onnx_server_process_loads_neither_jax_nor_tensorflow(onnx_run: Path
 
 @pytest.mark.slow
 def test_two_onnx_server_processes_answer_on_one_port(onnx_run: Path) -> None:
-    """`--workers 2` hands the runtime to each worker process: both answer with onnxruntime."""
+    """`--workers 2` hands the runtime to each worker process: both answer with onnxruntime,
+    and a crowd that connects at once is spread over both (each worker listens on a socket of
+    its own: with one shared socket, the first worker to wake took every connection)."""
     upload = mnist_upload(4, "PNG", dark_on_light=True)
     with serve_process(onnx_run, "--runtime", "onnx", "--workers", "2") as (_, url):
+        deadline = time.monotonic() + 120  # /readyz said ready in one worker; wait for both.
+        while len({httpx.get(f"{url}/readyz").json()["process"] for _ in range(16)}) < 2:
+            assert time.monotonic() < deadline, "the second worker never answered"
+            time.sleep(0.5)
         answers = [httpx.post(f"{url}/api/predict", content=upload, timeout=60) for _ in range(8)]
         runtimes = {httpx.get(f"{url}/api/models").json()["runtime"] for _ in range(8)}
+        # 16 connections opened in a burst, before any request (as a class opening the page, or
+        # wrk): with one shared socket, the worker that woke first accepted all of them.
+        host, port = urlsplit(url).hostname, urlsplit(url).port
+        crowd = [http.client.HTTPConnection(host, port, timeout=60) for _ in range(16)]
+        for connection in crowd:
+            connection.connect()
+        answered_by = []
+        for connection in crowd:
+            connection.request("GET", "/readyz")
+            answered_by.append(json.loads(connection.getresponse().read())["process"])
+            connection.close()
     assert [answer.status_code for answer in answers] == [200] * 8
     assert len({answer.content for answer in answers}) == 1  # Either process, the same answer.
     assert runtimes == {"onnx"}
+    shares = sorted(Counter(answered_by).values())
+    assert len(shares) == 2 and shares[0] >= 2, shares  # Both workers hold some of the 16 connections.
 
 
 def one_line_error(*arguments: object) -> str:
