@@ -14,6 +14,7 @@ the answered ones are. ``--runtime onnx`` needs the run's exports (``mnist-cnn e
     python bench/serve_load.py RUN_DIR --variants jax,onnx --seconds 3
     python bench/serve_load.py --url http://127.0.0.1:8000 --label before
     python bench/serve_load.py --url http://127.0.0.1:8000 --label before --overload
+    git worktree add /tmp/before COMMIT && python bench/serve_load.py RUN_DIR --against /tmp/before
 
 Both sides share the machine's cores with this client, as a classroom's browsers would not:
 read the numbers as a lower bound of what the server does alone.
@@ -81,10 +82,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(run_dir: Path, options: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(run_dir: Path, options: list[str], source: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``mnist-cnn serve RUN_DIR OPTIONS`` on a free port; from the checkout at ``source``
+    (its ``src`` first on the path) instead of this one's, for a before/after comparison."""
     port = free_port()
     command = [sys.executable, "-m", "mnist_cnn.cli", "serve", str(run_dir), "--port", str(port), *options]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    environment = dict(os.environ)
+    if source is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
     url = f"http://127.0.0.1:{port}"
     wait_until_up(url, process)
     return process, url
@@ -325,34 +331,69 @@ def onnx_thread_timings(run_dir: Path, repeats: int = 20) -> list[dict]:
     return rows
 
 
-def preparation_timings(bodies, repeats: int = 5) -> dict:
+def preprocess_module(source: Path | None):
+    """This checkout's ``mnist_cnn.predict.preprocess``, or the one of the checkout at
+    ``source``, loaded under another name beside it (it imports only what both share)."""
+    import importlib.util
+
+    from mnist_cnn.predict import preprocess
+
+    if source is None:
+        return preprocess
+    path = source / "src" / "mnist_cnn" / "predict" / "preprocess.py"
+    spec = importlib.util.spec_from_file_location("preprocess_against", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def preparation_timings(bodies, sources: dict[str, Path | None], repeats: int = 5) -> dict[str, dict[str, float]]:
     """The server's per-request work outside the models, one thread, median ms per image over
-    the bodies: decoding, preparing (polarity guessed, and said), the 28x28 PNG it sends back."""
+    the bodies: decoding, preparing (polarity guessed, and said), the 28x28 PNG it sends back.
+    One set of timings per source (label -> checkout, None for this one), the sources taking
+    turns image by image: a shared machine's drift falls on all of them alike."""
     import base64
 
-    from mnist_cnn.predict.preprocess import digit_png, prepare_digit, read_image_bytes
-
-    def median_ms(step) -> float:
-        times = []
+    modules = {label: preprocess_module(source) for label, source in sources.items()}
+    said = ["light-on-dark" if index % 2 == 0 else "dark-on-light" for index in range(len(bodies))]
+    timings = {}
+    for label, module in modules.items():
+        images = [module.read_image_bytes(body) for body, _ in bodies]
+        digits = [module.prepare_digit(image) for image in images]
+        timings[label] = {
+            "decode": lambda index, m=module: m.read_image_bytes(bodies[index][0]),
+            "prepare, polarity guessed": lambda index, m=module, i=images: m.prepare_digit(i[index]),
+            "prepare, polarity said": lambda index, m=module, i=images: m.prepare_digit(i[index], polarity=said[index]),
+            "28x28 PNG, base64": lambda index, m=module, d=digits: base64.b64encode(m.digit_png(d[index])),
+        }
+    results: dict[str, dict[str, float]] = {label: {} for label in modules}
+    for step in next(iter(timings.values())):
+        times: dict[str, list[float]] = {label: [] for label in modules}
         for _ in range(repeats):
             for index in range(len(bodies)):
-                start = time.perf_counter()
-                step(index)
-                times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
+                for label in modules:
+                    start = time.perf_counter()
+                    timings[label][step](index)
+                    times[label].append((time.perf_counter() - start) * 1000)
+        for label in modules:
+            results[label][step] = statistics.median(times[label])
+    return results
 
-    images = [read_image_bytes(body) for body, _ in bodies]
-    said = ["light-on-dark" if index % 2 == 0 else "dark-on-light" for index in range(len(bodies))]
-    digits = [prepare_digit(image) for image in images]
-    timings = {
-        "decode": median_ms(lambda index: read_image_bytes(bodies[index][0])),
-        "prepare, polarity guessed": median_ms(lambda index: prepare_digit(images[index])),
-        "prepare, polarity said": median_ms(lambda index: prepare_digit(images[index], polarity=said[index])),
-        "28x28 PNG, base64": median_ms(lambda index: base64.b64encode(digit_png(digits[index]))),
-    }
-    for step, milliseconds in timings.items():
-        print(f"| {step} | {milliseconds:.3f} |", flush=True)
-    return timings
+
+def print_timings(args, bodies, results: dict) -> None:
+    """The per-request steps of this checkout, beside --against's, measured in turns."""
+    sources = {"here": None, **({args.against_label: args.against} if args.against else {})}
+    timings = preparation_timings(bodies, sources)
+    results["preparation"] = timings["here"]
+    if args.against:
+        there = results["preparation_" + args.against_label] = timings[args.against_label]
+        print(f"| step | ms | ms, {args.against_label} | {args.against_label} / now |\n|---|---:|---:|---:|")
+    else:
+        there = None
+        print("| step | ms |\n|---|---:|")
+    for step, milliseconds in timings["here"].items():
+        extra = f" {there[step]:.3f} | {there[step] / milliseconds:.2f}x |" if there else ""
+        print(f"| {step} | {milliseconds:.3f} |{extra}", flush=True)
 
 
 def load_average() -> str:
@@ -361,12 +402,20 @@ def load_average() -> str:
 
 
 def measure(
-    url: str, label: str, seconds: float, bodies, client: str, levels=CLIENT_LEVELS, pid: int | None = None
+    url: str,
+    label: str,
+    seconds: float,
+    bodies,
+    client: str,
+    levels=CLIENT_LEVELS,
+    pid: int | None = None,
+    warm_up: bool = True,
 ) -> list[dict]:
     """Every client level against ``url``; with the server's ``pid``, its CPU time per answered
     request too (and wrk's): how much of the two cores one answer costs, whatever the load."""
     rows = []
-    asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
+    if warm_up:
+        asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, any late compilation.
     for clients in levels:
         server_before = process_tree_cpu_seconds(pid) if pid else None
         client_before = children_cpu_seconds()
@@ -425,19 +474,49 @@ def memory_growth(process: subprocess.Popen, url: str, bodies, requests: int) ->
     return {"requests": requests, "rss_mib_after_start": before, "rss_mib_after": after, "growth_mib": after - before}
 
 
+def sides(args, label: str) -> list[tuple[str, Path | None]]:
+    """This checkout's server, and with --against the other checkout's, by their labels."""
+    return [(label, None)] + ([(f"{label}, {args.against_label}", args.against)] if args.against else [])
+
+
+def start_sides(args, label: str, options: list[str]) -> list[tuple[str, subprocess.Popen, str]]:
+    started = []
+    try:
+        for name, source in sides(args, label):
+            started.append((name, *start_server(args.run_dir, options, source)))
+    except BaseException:
+        stop_all(started)
+        raise
+    return started
+
+
+def stop_all(started: list[tuple[str, subprocess.Popen, str]]) -> None:
+    for _, process, _ in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def measure_variants(args, bodies, results: dict) -> None:
     """Each chosen server variant started in turn, measured at every client level; the memory
-    of each runtime's one-process server."""
+    of each runtime's one-process server. With --against, that checkout's server of the same
+    variant runs beside it, and the two are measured alternately, level by level: a shared
+    machine's drift then falls on both sides alike."""
     for key in args.variants:
         label, options = SERVER_VARIANTS[key]
-        process, url = start_server(args.run_dir, options)
+        started = start_sides(args, label, options)
         try:
-            results["rows"] += measure(url, label, args.seconds, bodies, args.client, pid=process.pid)
+            for _, _, url in started:
+                asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up: connections, caches, late compilation.
+            for clients in CLIENT_LEVELS:
+                for name, process, url in started:
+                    results["rows"] += measure(
+                        url, name, args.seconds, bodies, args.client, (clients,), process.pid, warm_up=False
+                    )
             if key in ("jax", "onnx") and args.memory_requests:
+                name, process, url = started[0]
                 results["memory"][key] = memory_growth(process, url, bodies, args.memory_requests)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_all(started)
 
 
 def measure_overloads(args, bodies, results: dict) -> None:
@@ -451,14 +530,15 @@ def measure_overloads(args, bodies, results: dict) -> None:
         if key not in ("jax", "onnx"):
             continue
         label, options = SERVER_VARIANTS[key]
-        process, url = start_server(args.run_dir, [*options, "--queue-size", str(OVERLOAD_QUEUE)])
+        started = start_sides(args, label, [*options, "--queue-size", str(OVERLOAD_QUEUE)])
         try:
-            asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up.
+            for _, _, url in started:
+                asyncio.run(load(url, 4, 2.0, bodies))  # Warm-up.
             for retry_after in (False, True):
-                results["overload"].append(measure_overload(url, label, args.seconds, bodies, retry_after))
+                for name, _, url in started:
+                    results["overload"].append(measure_overload(url, name, args.seconds, bodies, retry_after))
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_all(started)
 
 
 def print_memory(memory: dict) -> None:
@@ -503,6 +583,18 @@ def main() -> None:
         f"--queue-size {OVERLOAD_QUEUE}) (default: off)",
     )
     parser.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="also serve each variant from this checkout (its src/), side by side: e.g. a `git worktree add "
+        "/tmp/before COMMIT` (default: none)",
+    )
+    parser.add_argument(
+        "--against-label",
+        default="before",
+        help="what --against's rows are called in the tables (default: %(default)s)",
+    )
+    parser.add_argument(
         "--client",
         choices=("wrk", "python"),
         default="wrk" if shutil.which("wrk") else "python",
@@ -511,6 +603,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.url and args.run_dir is None:
         parser.error("give a RUN_DIR to serve, or --url of a running server")
+    if args.against is not None and not (args.against / "src" / "mnist_cnn" / "cli.py").is_file():
+        parser.error(f"--against {args.against}: not a checkout of mnist-cnn (no src/mnist_cnn/cli.py there)")
     bodies = digit_bodies()
     # The machine may be shared (a training job, other work): its load says how noisy this run is.
     print(
@@ -522,6 +616,7 @@ def main() -> None:
         "load_average_before": os.getloadavg(),
         "seconds_per_level": args.seconds,
         "client": args.client,
+        "against": {"label": args.against_label, "source": str(args.against)} if args.against else None,
         "rows": [],
         "memory": {},
         "overload": [],
@@ -537,8 +632,8 @@ def main() -> None:
         print_level_header()
         results["rows"] += measure(args.url, args.label, args.seconds, bodies, args.client)
     else:
-        print("\nPer request, outside the models (one thread, median ms per image):\n| step | ms |\n|---|---:|")
-        results["preparation"] = preparation_timings(bodies)
+        print("\nPer request, outside the models (one thread, median ms per image):")
+        print_timings(args, bodies, results)
         if any(key.startswith("onnx") for key in args.variants):
             print("\nonnxruntime forward passes, both models (median ms):\n| intra-op threads | batch | ms |")
             print("|---:|---:|---:|")
