@@ -485,8 +485,9 @@ class OwnSocketProcess(multiprocess.Process):
 
     Why: with one shared socket, the worker that wakes first accepts every connection waiting,
     so a crowd that connects at once (a class opening the page, a load test) lands on one
-    worker while the other idles: 16 clients measured 215 requests/s on one process of two,
-    444 when each worker has its socket and the kernel spreads the connections (SO_REUSEPORT).
+    worker while the other idles: 16 wrk clients measured 150 requests/s on one process of two,
+    419 when each worker has its socket and the kernel spreads the connections (SO_REUSEPORT;
+    bench/serve_load.py, README).
     """
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:
