@@ -494,6 +494,7 @@ class OwnSocketProcess(multiprocess.Process):
         try:
             listener = reuse_port_socket(self.config.host, self.config.port)
         except OSError as error:  # Taken since the check: uvicorn's supervisor stops, not restarts.
-            print(f"mnist-cnn: cannot listen on {self.config.host}:{self.config.port} ({error.strerror})", flush=True)
+            where = f"{self.config.host}:{self.config.port}"
+            print(f"mnist-cnn: cannot listen on {where} ({error.strerror}): choose another --port", file=sys.stderr)
             sys.exit(STARTUP_FAILURE)
         super().target([listener])
