@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageFont
 
 from mnist_cnn.data.robustness import fonts, printed_digit
-from tests.conftest import cli, served
+from tests.conftest import cli, free_port, served
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -590,3 +590,24 @@ def test_serve_on_a_taken_port_says_so_in_one_line_and_exits_2(smoke_run: Path) 
     with socket.socket() as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", port))
+
+
+def test_a_worker_whose_port_was_taken_stops_the_server_in_one_line(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port taken between serve's check and a worker's bind: the worker exits with uvicorn's
+    start-up failure code, which stops its supervisor instead of restarting it, and says why."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from mnist_cnn.serve import app
+
+    port = free_port()
+    with socket.socket() as taken:  # A listener without SO_REUSEPORT: no worker may join it.
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        worker = app.OwnSocketProcess(uvicorn.Config("x:y", host="127.0.0.1", port=port, workers=2), [])
+        monkeypatch.setattr(uvicorn.supervisors.multiprocess.Process, "target", lambda self, sockets=None: None)
+        with pytest.raises(SystemExit) as stopped:
+            worker.target()
+    assert stopped.value.code == STARTUP_FAILURE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
