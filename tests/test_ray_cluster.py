@@ -70,10 +70,12 @@ def ray_node(arguments: Callable[[], list[str]], env: dict[str, str], log: Path)
     """``ray start --block ARGUMENTS`` until the block ends; it is up when Ray says it started.
 
     Ray gives a new node's raylet 30 seconds to register, fixed; on this 2-core machine under
-    load that can pass (seen twice in a row while the browser tests ran beside it). Such a
-    start is tried again, up to three times, with new ports (``arguments()``).
+    load that can pass (seen twice in a row while the browser tests ran beside it, and three
+    times in a row on a slower CPU while the other test process trained). Such a start is tried
+    again, up to five times, with new ports (``arguments()``), after a pause that lets the
+    other test process's burst of work pass.
     """
-    attempts = 3
+    attempts = 5
     for attempt in range(1, attempts + 1):
         node = start_node(arguments(), env, log)
         if node.poll() is None:
@@ -82,6 +84,7 @@ def ray_node(arguments: Callable[[], list[str]], env: dict[str, str], log: Path)
         assert attempt < attempts and "timed out during startup" in text, (
             f"ray start exited {node.returncode}:\n{text[-3000:]}"
         )
+        time.sleep(10 * attempt)
     try:
         yield node
     finally:
