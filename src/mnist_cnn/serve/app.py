@@ -396,10 +396,14 @@ def app_from_environment() -> FastAPI:
     return create_app(run_dir, BatchingSettings(**settings), runtime)
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def check_address_free(host: str, port: int) -> None:
     """Bind ``host:port`` as uvicorn will (SO_REUSEADDR), then let go: a taken port is one
     clear line before anything is announced, not uvicorn's errno after the models load."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = address_family(host)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -447,21 +451,15 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
     settings = settings or BatchingSettings()
     handed = {"run_dir": str(run_dir), "runtime": server.runtime, **dataclasses.asdict(settings)}
     os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
-    config = uvicorn.Config(
-        "mnist_cnn.serve.app:app_from_environment",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="warning",
-    )
+    factory = "mnist_cnn.serve.app:app_from_environment"
+    options = {"factory": True, "workers": workers, "host": host, "port": port, "log_level": "warning"}
     if not REUSE_PORT:  # uvicorn's own way: one socket, shared by the workers.
-        uvicorn.run(config.app, factory=True, workers=workers, host=host, port=port, log_level="warning")
+        uvicorn.run(factory, **options)
         return
     # uvicorn's supervisor (restarts, signals, health checks) with workers that listen on
     # sockets of their own (OwnSocketProcess): it starts its workers by this module-level name.
     with mock.patch.object(multiprocess, "Process", OwnSocketProcess):
-        multiprocess.Multiprocess(config, sockets=[]).run()
+        multiprocess.Multiprocess(uvicorn.Config(factory, **options), sockets=[]).run()
 
 
 # Linux spreads the connections to one port over the sockets that listen on it with
@@ -472,7 +470,7 @@ REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT"
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` beside the other workers' (SO_REUSEPORT)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener = socket.socket(address_family(host), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((host, port))
