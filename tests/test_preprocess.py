@@ -2,12 +2,14 @@
 
 import io
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from mnist_cnn.core.config import POLARITIES
 from mnist_cnn.core.errors import ImageInputError
 from mnist_cnn.predict.preprocess import ink_map, prepare_digit, read_image_bytes, strong_ink, to_grayscale
 
@@ -345,3 +347,94 @@ def test_the_fast_filters_give_scipys_and_numpys_numbers_exactly(height: int, wi
     for count in (1, 2, 7, 124, 125):
         values = image.ravel()[:count].astype(np.float64)
         assert _median(values) == float(np.median(values))
+
+
+# --------------------------------------------------------------------------- the compiled preparation
+
+
+def upload_corpus(digits: dict[str, np.ndarray]) -> Iterator[tuple[str, Image.Image]]:
+    """Images as users send them: MNIST digits at many sizes and shapes in both polarities, pen
+    on paper under a lamp, ruled paper, the pad's 7 along the edge, noise, blank sheets, colour
+    and transparency, a photo larger than WORKING_SIDE."""
+    from mnist_cnn.data.mnist import load_raw
+
+    _, (images, _), _ = load_raw("bundled")
+    rng = np.random.default_rng(7)
+    for index in range(60):
+        pixels = images[index] if index % 2 == 0 else 255 - images[index]
+        width = int(rng.integers(28, 400))
+        height = width if index % 3 else int(rng.integers(28, 400))
+        yield f"MNIST {index} {width}x{height}", Image.fromarray(pixels).resize((width, height))
+    for light_from, gradient in itertools.product(LIGHT_FROM, GRADIENTS):
+        yield f"lamp {light_from} {gradient}", photo_on_paper(digits["MNIST 4"], GRADIENTS[gradient], light_from)
+    ruled = drawn_seven(ink=0, paper=255)
+    draw = ImageDraw.Draw(ruled)
+    for y in range(12, 200, 25):
+        draw.line([(0, y), (199, y)], fill=150, width=2)
+    yield "ruled", ruled
+    yield "7 along the top edge", seven_along_the_top_edge()
+    yield "7 along the top edge, on paper", seven_along_the_top_edge(ink=0, paper=255)
+    for index in range(10):
+        noise = rng.random((int(rng.integers(8, 120)), int(rng.integers(8, 120))))
+        yield f"noise {index}", Image.fromarray((noise * 255).astype(np.uint8))
+    yield "black", Image.new("L", (100, 100), 0)
+    yield "white", Image.new("L", (90, 120), 255)
+    yield "a sliver (the reference path)", drawn_seven().resize((200, 12))
+    yield "a column a pixel wide", drawn_seven().resize((1, 300))
+    yield "colour", drawn_seven().convert("RGB")
+    yield "transparent", drawn_seven().convert("RGBA")
+    yield "a large photo", drawn_seven(ink=0, paper=255).resize((900, 700))
+
+
+def prepared_or_blank(image: Image.Image, polarity: str) -> np.ndarray | None:
+    try:
+        return prepare_digit(image, "upload", polarity)
+    except ImageInputError as error:
+        assert "blank" in str(error)
+        return None
+
+
+def test_the_compiled_preparation_gives_the_numpy_paths_digits(digits_on_paper: dict[str, np.ndarray]) -> None:
+    """The server's numba kernels against the NumPy reference on every kind of upload: the same
+    28x28 input to float32 rounding, the same blank sheets refused. (The page's prepare.js is
+    held to the same reference, so the browser, the server and the CLI agree.)"""
+    from mnist_cnn.predict import preprocess
+
+    cases = [(name, image, polarity) for name, image in upload_corpus(digits_on_paper) for polarity in POLARITIES]
+    expected = [prepared_or_blank(image, polarity) for _, image, polarity in cases]
+    assert preprocess.use_compiled_preparation()
+    try:
+        for (name, image, polarity), reference in zip(cases, expected, strict=True):
+            compiled = prepared_or_blank(image, polarity)
+            assert (compiled is None) == (reference is None), (name, polarity)
+            if reference is not None:
+                assert compiled.dtype == np.float32 and compiled.shape == (28, 28)
+                np.testing.assert_allclose(compiled, reference, atol=1e-6, rtol=0, err_msg=f"{name}, {polarity}")
+    finally:
+        preprocess._compiled = None
+    assert sum(reference is None for reference in expected) >= 6  # The blank sheets (both polarities each).
+
+
+def test_without_numba_the_numpy_path_prepares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NumPy newer than numba supports makes numba refuse to import: the server then prepares
+    with NumPy, the same digits, instead of failing to start."""
+    import sys
+
+    from mnist_cnn.predict import preprocess
+
+    monkeypatch.setitem(sys.modules, "mnist_cnn.predict.kernels", None)  # import -> ImportError.
+    monkeypatch.setattr(preprocess, "_compiled", None)
+    assert preprocess.use_compiled_preparation() is False
+    assert preprocess._compiled is None
+    assert prepare_digit(drawn_seven()).max() == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_models_input_png_is_the_digit_rounded_to_bytes() -> None:
+    from mnist_cnn.predict.preprocess import digit_png
+
+    digit = np.random.default_rng(3).random((28, 28), dtype=np.float32)
+    digit[0, :3] = (0.0, 1.0, 0.5 / 255)  # The ends, and a half rounded to even.
+    image = Image.open(io.BytesIO(digit_png(digit)))
+    image.load()  # Decodes every chunk: a bad checksum or length fails here.
+    assert image.format == "PNG" and image.mode == "L" and image.size == (28, 28)
+    np.testing.assert_array_equal(np.asarray(image), np.round(digit * 255).astype(np.uint8))

@@ -45,7 +45,13 @@ from uvicorn.supervisors import multiprocess
 from mnist_cnn.core.config import POLARITIES, BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
-from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
+from mnist_cnn.predict.preprocess import (
+    MAX_BYTES,
+    digit_png,
+    prepare_digit,
+    read_image_bytes,
+    use_compiled_preparation,
+)
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
 from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.serve.site import add_browser_routes
@@ -147,6 +153,9 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
     preparers = concurrent.futures.ThreadPoolExecutor(
         max_workers=PREPARE_THREADS, thread_name_prefix="mnist-cnn-prepare"
     )
+    # The compiled preparation (loaded from numba's cache, or compiled the first time on a machine)
+    # while the worker compiles the models.
+    use_compiled_preparation()
     worker.wait_ready()  # Compiles every batch shape now: the first user waits no longer than the rest.
 
     @contextlib.asynccontextmanager
