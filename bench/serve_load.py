@@ -358,6 +358,8 @@ def preparation_timings(bodies, sources: dict[str, Path | None], repeats: int = 
     said = ["light-on-dark" if index % 2 == 0 else "dark-on-light" for index in range(len(bodies))]
     timings = {}
     for label, module in modules.items():
+        if hasattr(module, "use_compiled_preparation"):
+            module.use_compiled_preparation()  # As the server prepares (numba, when it imports).
         images = [module.read_image_bytes(body) for body, _ in bodies]
         digits = [module.prepare_digit(image) for image in images]
         timings[label] = {

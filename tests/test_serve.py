@@ -145,6 +145,27 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_stays_up(
     assert httpx.get(f"{server}/api/models").status_code == 200
 
 
+def test_the_plain_body_path_refuses_as_fastapi_would(server: str) -> None:
+    """FastPredict answers a plain image body before FastAPI routes it: a body streamed without
+    a length past the limit, an empty polarity and a repeated one get FastAPI's answers."""
+
+    def chunks():
+        for _ in range(11):
+            yield b"\x00" * 2**20
+
+    streamed = httpx.post(f"{server}/api/predict", content=chunks())  # Chunked: no content-length.
+    assert streamed.status_code == 413 and "10 MB limit" in streamed.json()["detail"]
+    assert streamed.headers["content-type"] == "application/json"
+    blank = httpx.post(f"{server}/api/predict?polarity=", content=mnist_upload(1, "PNG", False))
+    assert blank.status_code == 400 and blank.json() == {
+        "detail": "unknown polarity '': choose from auto, light-on-dark, dark-on-light"
+    }
+    upload = mnist_upload(1, "PNG", True)
+    repeated = httpx.post(f"{server}/api/predict?polarity=white&polarity=dark-on-light", content=upload)
+    said = httpx.post(f"{server}/api/predict?polarity=dark-on-light", content=upload)
+    assert repeated.status_code == 200 and repeated.json() == said.json()  # The last one counts, as in FastAPI.
+
+
 def mnist_upload(index: int, kind: str, dark_on_light: bool) -> bytes:
     """An MNIST test digit as a user would send it: upscaled to 112 px, PNG or JPEG, either polarity."""
     from mnist_cnn.data.mnist import load_raw

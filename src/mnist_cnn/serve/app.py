@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import inspect
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 from unittest import mock
+from urllib.parse import parse_qs
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -165,6 +167,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         preparers.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
+        **NO_TELEMETRY,
         title="mnist-cnn",
         summary="Draw or upload a digit; every model of the run answers.",
         version="1",
@@ -173,7 +176,39 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         redoc_url=None,
     )
     app.state.worker = worker
-    app.add_middleware(ShedWhenFull, worker=worker)
+
+    async def answer(content: bytes, polarity: str) -> dict[str, Any]:
+        """Every model's answer to one upload, as the API's JSON; an HTTPException for a bad
+        polarity or image (4xx), a full queue (503) or no answer in time (504). Both ways in
+        call it: the route below, and FastPredict for a plain image body."""
+        if polarity not in POLARITIES:  # One sentence, as every error here (not FastAPI's list).
+            raise HTTPException(
+                status_code=400, detail=f"unknown polarity {polarity!r}: choose from {', '.join(POLARITIES)}"
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            # Admitted before decoding: a request waiting for a decoding thread counts as queued.
+            with worker.admitted():
+                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content, polarity)
+                future = worker.submit(digit)
+        except Overloaded as error:
+            raise HTTPException(
+                status_code=503, detail=busy_message(str(error)), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from None
+        try:
+            answers = await asyncio.wait_for(asyncio.wrap_future(future), worker.settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                status_code=504,
+                detail=f"no answer within {worker.settings.timeout_s:g} s; the server is overloaded, try again later",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from None
+        return {
+            "predictions": {name: prediction.to_json() for name, prediction in answers.items()},
+            "model_input_png": model_input_png,
+        }
+
+    app.add_middleware(FastPredict, worker=worker, answer=answer)
     add_documentation(app)
     add_browser_routes(app, run, summaries)  # The page's script, models.json, ONNX models, onnxruntime-web.
 
@@ -218,36 +253,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
             json_schema_extra={"enum": list(POLARITIES)},
         ),
     ) -> JSONResponse:
-        if polarity not in POLARITIES:  # One sentence, as every error here (not FastAPI's list).
-            raise HTTPException(
-                status_code=400, detail=f"unknown polarity {polarity!r}: choose from {', '.join(POLARITIES)}"
-            )
-        content = await read_upload(request)
-        loop = asyncio.get_running_loop()
-        try:
-            # Admitted before decoding: a request waiting for a decoding thread counts as queued.
-            with worker.admitted():
-                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content, polarity)
-                future = worker.submit(digit)
-        except Overloaded as error:
-            raise HTTPException(
-                status_code=503, detail=busy_message(str(error)), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            ) from None
-        try:
-            answers = await asyncio.wait_for(asyncio.wrap_future(future), worker.settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(
-                status_code=504,
-                detail=f"no answer within {worker.settings.timeout_s:g} s; the server is overloaded, try again later",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            ) from None
-        # A JSONResponse as it is: FastAPI's encoder would walk this plain JSON once more per request.
-        return JSONResponse(
-            {
-                "predictions": {name: prediction.to_json() for name, prediction in answers.items()},
-                "model_input_png": model_input_png,
-            }
-        )
+        return JSONResponse(await answer(await read_upload(request), polarity))
 
     return app
 
@@ -256,30 +262,100 @@ def busy_message(reason: str) -> str:
     return f"the server is busy ({reason}); try again in a moment"
 
 
-class ShedWhenFull:
-    """Refuse a prediction with 503 before FastAPI routes it or its body is read, while the worker
-    is full (an ASGI middleware). Under a crowd, refusals are most of the event loop's work, and
-    the answered requests wait behind them at every step (reading, decoding, answering): here a
-    refusal is two messages, not a request through the router, the upload read and the error
-    handler. The body is left unread; uvicorn discards it and keeps the connection."""
+class FastPredict:
+    """POST /api/predict with the image as the body (the page, scripts, the load benchmark)
+    answered as plain ASGI, in front of FastAPI (a middleware); a multipart form, and every
+    other request, go on to FastAPI's routes.
 
-    def __init__(self, app: Any, worker: InferenceWorker) -> None:
-        self.app, self.worker = app, worker
+    Why: at a few hundred answers a second per process, FastAPI's way through its middleware
+    stack, router, parameter parsing and exception handlers was a fifth of the server's
+    CPU, and its check of OpenTelemetry's providers on every request a twentieth (NO_TELEMETRY
+    turns that one off for the other routes too). The work itself is the same ``answer`` as
+    the route's, errors included ({"detail": ...} and the same status and headers), and
+    while the worker is full a prediction is refused with 503 before its body is read: under
+    a crowd, refusals are most of the event loop's work, and the answered requests wait
+    behind them at every step. uvicorn discards an unread body and keeps the connection."""
+
+    def __init__(self, app: Any, worker: InferenceWorker, answer: Any) -> None:
+        self.app, self.worker, self.answer = app, worker, answer
         reason = f"{worker.settings.queue_size} requests are already waiting"
-        self.body = json.dumps({"detail": busy_message(reason)}).encode("utf-8")
-        self.headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode("ascii")),
-            (b"retry-after", str(RETRY_AFTER_SECONDS).encode("ascii")),
-        ]
+        self.busy = json_body({"detail": busy_message(reason)})
+        self.busy_headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode("ascii"))]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        predicting = scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict"
-        if predicting and self.worker.full():
-            await send({"type": "http.response.start", "status": 503, "headers": self.headers})
-            await send({"type": "http.response.body", "body": self.body})
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/api/predict"):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if self.worker.full():
+            await send_json(send, 503, self.busy, self.busy_headers)
+            return
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            await self.app(scope, receive, send)
+            return
+        polarity = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True).get("polarity", ["auto"])[
+            -1
+        ]
+        try:
+            content = await read_body(receive, headers.get(b"content-length"))
+            if content is None:
+                return  # The client went away.
+            answer = await self.answer(content, polarity)
+        except HTTPException as error:
+            extra = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in (error.headers or {}).items()
+            ]
+            await send_json(send, error.status_code, json_body({"detail": error.detail}), extra)
+            return
+        await send_json(send, 200, json_body(answer))
+
+
+async def read_body(receive: Any, declared: bytes | None) -> bytes | None:
+    """The request's body, refused with 413 past MAX_BYTES (declared, or as it arrives) and 400
+    when empty (read_upload's rules); None when the client disconnects first."""
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
+        raise too_large()
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    content = b"".join(chunks)
+    if not content:
+        raise HTTPException(status_code=400, detail=f"empty request body: send an image file ({IMAGE_TYPES})")
+    return content
+
+
+def json_body(content: Any) -> bytes:
+    """JSON as FastAPI's JSONResponse renders it."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    start_headers = [
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"content-type", b"application/json"),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# FastAPI 0.16x's OpenTelemetry hooks, off where it has them: unused here, their check of the
+# providers on every request cost 5 % of a busy server's event loop.
+NO_TELEMETRY = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 
 
 def add_documentation(app: FastAPI) -> None:
@@ -351,21 +427,16 @@ def too_large() -> HTTPException:
 
 
 async def read_upload(request: Request) -> bytes:
-    """The uploaded image: the raw body, or the 'image' file (else the first file) of a form."""
+    """The uploaded image: the 'image' file (else the first file) of a form, or the raw body
+    (FastPredict answers most of those before FastAPI routes them)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
         raise too_large()
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await read_form_file(request)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BYTES:
-            raise too_large()
-        chunks.append(chunk)
-    content = b"".join(chunks)
-    if not content:
-        raise HTTPException(status_code=400, detail=f"empty request body: send an image file ({IMAGE_TYPES})")
+    content = await read_body(request.receive, None)
+    if content is None:
+        raise HTTPException(status_code=400, detail="the client disconnected before sending the image")
     return content
 
 
