@@ -177,6 +177,12 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
     )
     app.state.worker = worker
 
+    def prepare_and_submit(content: bytes, polarity: str) -> tuple[concurrent.futures.Future, str]:
+        """In a preparing thread: the upload prepared and handed to the worker from there, not
+        by way of the event loop (one hop less a request; the queue is thread-safe)."""
+        digit, model_input_png = prepare_upload(content, polarity)
+        return worker.submit(digit), model_input_png
+
     async def answer(content: bytes, polarity: str) -> dict[str, Any]:
         """Every model's answer to one upload, as the API's JSON; an HTTPException for a bad
         polarity or image (4xx), a full queue (503) or no answer in time (504). Both ways in
@@ -189,8 +195,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         try:
             # Admitted before decoding: a request waiting for a decoding thread counts as queued.
             with worker.admitted():
-                digit, model_input_png = await loop.run_in_executor(preparers, prepare_upload, content, polarity)
-                future = worker.submit(digit)
+                future, model_input_png = await loop.run_in_executor(preparers, prepare_and_submit, content, polarity)
         except Overloaded as error:
             raise HTTPException(
                 status_code=503, detail=busy_message(str(error)), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
