@@ -2,9 +2,10 @@
 28x28 frame, instead of about a hundred small NumPy, SciPy and Pillow calls.
 
 Why: the server prepares every upload, and on a 112-pixel digit those calls are nearly all
-overhead (arrays of a few thousand pixels): 1.2 ms of Python per request on the 2-core
+overhead (arrays of a few thousand pixels): about 1 ms of Python per request on the 2-core
 machine, three quarters of what the server spent on an answer, where these loops take a
-tenth of that. The steps, their order and their rounding are ``preprocess``'s, which stays
+third of that, and without holding the GIL (``nogil``), so that a server's two preparing
+threads and its event loop run side by side. The steps, their order and their rounding are ``preprocess``'s, which stays
 the readable reference (and the path where numba cannot be installed): Pillow's resampling
 coefficient for coefficient (double weights and sums, float32 between the passes), SciPy's
 filters (a running mean in double for the 3x3 mean), float32 where NumPy computes in
@@ -12,8 +13,10 @@ float32 (NEP 50: a Python float beside a float32 array is a float32), NumPy's pa
 for the centre of mass, and Python's round() (half to even). serve/web/prepare.js is the
 same port for the browser. tests/test_preprocess.py holds this against the reference.
 
-Compiled once per machine (``cache=True`` keeps the machine code beside this file, or in
-the user's cache folder where that is read-only), on the first call.
+Compiled once per machine, at a server's start (preprocess.use_compiled_preparation):
+about 45 s on 2 cores the first time; ``cache=True`` keeps the machine code beside this
+file (or in the user's cache folder where that is read-only), and later starts load it in
+under a second.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 # The same constants as preprocess (kept there; imported here as plain values for numba).
 from mnist_cnn.predict.preprocess import (
     BACKGROUND_SIDE,
+    BLANK_INK,
     DIGIT_BOX,
     EDGE_STROKE_CONTRAST,
     FRAME,
@@ -34,7 +38,6 @@ from mnist_cnn.predict.preprocess import (
     SPECKLE_SIDE,
 )
 
-BLANK_INK = 0.15  # prepare_digit's "no ink found" level.
 BILINEAR, LANCZOS = 0, 1
 POLARITY_CODES = {"auto": 0, "light-on-dark": 1, "dark-on-light": 2}
 PREPARED, BLANK, UNFITTED = 0, 1, 2  # What prepare() found.

@@ -35,6 +35,7 @@ RULED_LINE_THICKNESS = 0.03  # Lines of ruled paper: at most this fraction of th
 BACKGROUND_SIDE = 32  # The background (paper, lamp light, shadows) is estimated on a copy this size.
 EDGE_STROKE_CONTRAST = 0.1  # An edge pixel this much brighter than the paper just inside it is a stroke's.
 SPECKLE_SIDE = 64  # From this size (shorter side) up, a lone strong pixel is noise, not a stroke.
+BLANK_INK = 0.15  # An image whose strongest ink is weaker than this is blank.
 
 
 def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
@@ -376,7 +377,7 @@ def prepare_gray(gray: np.ndarray, name: str = "image", polarity: str = "auto") 
     """prepare_digit from the grayscale image on, in NumPy, SciPy and Pillow: the reference
     that predict.kernels compiles (and the path where numba is missing)."""
     ink = ink_map(gray, polarity)
-    if ink.max() < 0.15:
+    if ink.max() < BLANK_INK:
         raise ImageInputError(blank_message(name))
     strong = strong_ink(ink)
     rows = np.flatnonzero(strong.any(axis=1))
