@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import shutil
 import socket
@@ -141,6 +142,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return shared_folder(tmp_path_factory, "smoke", make) / "run"
 
 
+ONNX_EXPORT_ANSWER = "export-answer.json"  # Beside onnx_run: what its `mnist-cnn export` printed.
+
+
 @pytest.fixture(scope="session")
 def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the smoke run with its ONNX exports (``mnist-cnn export``); the smoke run stays as it is.
@@ -149,9 +153,16 @@ def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     def make(folder: Path) -> None:
         shutil.copytree(smoke_run, folder / "run")
-        export_onnx(folder / "run")
+        result = export_onnx(folder / "run")
+        (folder / ONNX_EXPORT_ANSWER).write_text(json.dumps(dataclasses.asdict(result)))
 
     return shared_folder(tmp_path_factory, "onnx", make) / "run"
+
+
+@pytest.fixture(scope="session")
+def onnx_export(onnx_run: Path) -> Result:
+    """What ``mnist-cnn export ONNX_RUN --format onnx`` answered when it made onnx_run's exports."""
+    return Result(**json.loads((onnx_run.parent / ONNX_EXPORT_ANSWER).read_text()))
 
 
 @contextlib.contextmanager
