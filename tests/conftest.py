@@ -31,8 +31,11 @@ def share_jax_compilations() -> None:
     (started after this, they inherit it), and every mnist-cnn process, Ray worker and node a test
     starts. The suite trains the same few networks on the same shapes in dozens of processes, and
     XLA compiling them again was about a third of each small run (15 of 48 s). A cached executable
-    is the one XLA compiled: the same results, bit for bit. Every entry is kept (min time and size
-    0); a maximum size makes JAX lock the cache, so processes never read half-written entries.
+    is the one XLA compiled: the same results, bit for bit. Only compilations of 0.2 s or more are
+    kept (the training steps and the predict functions, 15 entries for a smoke run): with every
+    one kept (Keras's hundreds of tiny ops), each write scans the whole cache under its lock, and
+    in-process tests that compile many networks took twice as long. A maximum size makes JAX lock
+    the cache, so that no process reads an entry half written.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # A worker (set by the main process), or the user's own.
         return
@@ -43,7 +46,7 @@ def share_jax_compilations() -> None:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=folder,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 1024**3),
     )
