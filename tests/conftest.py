@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import shutil
 import socket
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,35 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # An empty Keras home: --data auto must take the bundled copy, never the network.
 os.environ["KERAS_HOME"] = str(Path(__file__).resolve().parent.parent / ".keras-empty")
+
+
+def share_jax_compilations() -> None:
+    """One JAX persistent compilation cache for the session: this process, pytest-xdist's workers
+    (started after this, they inherit it), and every mnist-cnn process, Ray worker and node a test
+    starts. The suite trains the same few networks on the same shapes in dozens of processes, and
+    XLA compiling them again was about a third of each small run (15 of 48 s). A cached executable
+    is the one XLA compiled: the same results, bit for bit. Only compilations of 0.2 s or more are
+    kept (the training steps and the predict functions, 15 entries for a smoke run): with every
+    one kept (Keras's hundreds of tiny ops), each write scans the whole cache under its lock, and
+    in-process tests that compile many networks took twice as long. A maximum size makes JAX lock
+    the cache, so that no process reads an entry half written.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # A worker (set by the main process), or the user's own.
+        return
+    import atexit
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mnist-cnn-tests-jax-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=folder,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(4 * 1024**3),
+    )
+
+
+share_jax_compilations()
 
 SMOKE_LIMIT = 300
 SMOKE_EPOCHS = 2
@@ -73,32 +103,69 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """``make(folder)`` once per test session, whichever of pytest-xdist's workers asks first: the
+    others wait for it and read the same folder (each worker would otherwise make its own copy).
+
+    Without xdist the folder lies under this session's own temporary folder; with it, under the
+    folder the workers' temporary folders share, which is new for each session too.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # What a worker that failed making it left.
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny experiment (both models, 2 epochs, 300 images) through the real entry point.
+    """One tiny experiment (both models, 2 epochs, 300 images) through the real entry point;
+    one for the whole session (tests read it, none writes into it).
 
     TF_ENABLE_ONEDNN_OPTS=1 makes TensorFlow log on import as it does on AVX-512 CPUs, on
     any CPU: the run must still print nothing to stderr that is not mnist-cnn's own.
     """
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_cli(
-        "experiment", "--limit", SMOKE_LIMIT, "--epochs", SMOKE_EPOCHS, "--out", run_dir,
-        env={"TF_ENABLE_ONEDNN_OPTS": "1"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "", result.stderr
-    return run_dir
+
+    def make(folder: Path) -> None:
+        result = run_cli(
+            "experiment", "--limit", SMOKE_LIMIT, "--epochs", SMOKE_EPOCHS, "--out", folder / "run",
+            env={"TF_ENABLE_ONEDNN_OPTS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+
+    return shared_folder(tmp_path_factory, "smoke", make) / "run"
+
+
+ONNX_EXPORT_ANSWER = "export-answer.json"  # Beside onnx_run: what its `mnist-cnn export` printed.
 
 
 @pytest.fixture(scope="session")
 def onnx_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the smoke run with its ONNX exports (``mnist-cnn export``); the smoke run stays as it is."""
+    """A copy of the smoke run with its ONNX exports (``mnist-cnn export``); the smoke run stays as it is.
+    One for the whole session, as the smoke run is."""
     from tests.onnx_exports import export_onnx
 
-    run_dir = tmp_path_factory.mktemp("onnx") / "run"
-    shutil.copytree(smoke_run, run_dir)
-    export_onnx(run_dir)
-    return run_dir
+    def make(folder: Path) -> None:
+        shutil.copytree(smoke_run, folder / "run")
+        result = export_onnx(folder / "run")
+        (folder / ONNX_EXPORT_ANSWER).write_text(json.dumps(dataclasses.asdict(result)))
+
+    return shared_folder(tmp_path_factory, "onnx", make) / "run"
+
+
+@pytest.fixture(scope="session")
+def onnx_export(onnx_run: Path) -> Result:
+    """What ``mnist-cnn export ONNX_RUN --format onnx`` answered when it made onnx_run's exports."""
+    return Result(**json.loads((onnx_run.parent / ONNX_EXPORT_ANSWER).read_text()))
 
 
 @contextlib.contextmanager

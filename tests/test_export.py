@@ -47,13 +47,16 @@ def run_copy(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exports(run_copy: Path) -> Callable[[str], Result]:
-    """``mnist-cnn export RUN --format F``, run once per format for the tests that read it."""
-    done: dict[str, Result] = {}
+def exports(run_copy: Path, onnx_run: Path, onnx_export: Result) -> Callable[[str], tuple[Path, Result]]:
+    """``mnist-cnn export RUN --format F``, run once per format for the tests that read it: the run
+    folder exported and what the command answered. ONNX's is the session's onnx_run (a copy of the
+    smoke run, exported by the same command), which the serving tests need anyway; the other
+    formats are written into a copy of the smoke run of this file's own."""
+    done: dict[str, tuple[Path, Result]] = {"onnx": (onnx_run, onnx_export)}
 
-    def export(export_format: str) -> Result:
+    def export(export_format: str) -> tuple[Path, Result]:
         if export_format not in done:
-            done[export_format] = cli("export", run_copy, "--format", export_format)
+            done[export_format] = (run_copy, cli("export", run_copy, "--format", export_format))
         return done[export_format]
 
     return export
@@ -124,18 +127,18 @@ def sha256_of(path: Path) -> str:
 
 @pytest.mark.parametrize("export_format", FORMATS)
 def test_export_writes_each_model_and_a_manifest_the_runtime_confirms(
-    run_copy: Path, exports: Callable[[str], Result], export_format: str
+    exports: Callable[[str], tuple[Path, Result]], export_format: str
 ) -> None:
-    result = exports(export_format)
+    run_dir, result = exports(export_format)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # Not a line of TensorFlow's or LiteRT's start-up logging.
-    folder = run_copy / "exports" / export_format
-    assert folder == RunFolder(run_copy).export_folder(export_format)
+    folder = run_dir / "exports" / export_format
+    assert folder == RunFolder(run_dir).export_folder(export_format)
     expected_files = {ARTIFACTS[export_format].format(name) for name in MODELS}
     assert {path.name for path in folder.iterdir()} == {*expected_files, "manifest.json"}  # No staging left.
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == export_format
-    assert manifest["run_id"] == json.loads((run_copy / "config.json").read_text())["run_id"]
+    assert manifest["run_id"] == json.loads((run_dir / "config.json").read_text())["run_id"]
     assert manifest["keras_backend"] == "tensorflow"
     assert manifest["input_contract"]["shape"] == [None, 28, 28, 1] and manifest["input_contract"]["range"] == [0, 1]
     assert manifest["output"]["shape"] == [None, 10]
@@ -153,12 +156,12 @@ def test_export_writes_each_model_and_a_manifest_the_runtime_confirms(
 
 @pytest.mark.parametrize("export_format", FORMATS)
 def test_export_prints_parity_on_the_runs_test_set_and_records_it(
-    run_copy: Path, exports: Callable[[str], Result], export_format: str
+    exports: Callable[[str], tuple[Path, Result]], export_format: str
 ) -> None:
-    result = exports(export_format)
+    run_dir, result = exports(export_format)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    folder = run_copy / "exports" / export_format
+    folder = run_dir / "exports" / export_format
     assert lines[-1] == f"wrote {folder / 'manifest.json'}"
     printed = [PARITY_LINE.match(line) for line in lines[:-1]]
     assert all(printed), result.stdout
@@ -177,15 +180,16 @@ def test_export_prints_parity_on_the_runs_test_set_and_records_it(
 
 @pytest.mark.parametrize("export_format", FORMATS)
 def test_the_exported_files_answer_as_the_keras_models_do_here(
-    run_copy: Path, exports: Callable[[str], Result], export_format: str
+    exports: Callable[[str], tuple[Path, Result]], export_format: str
 ) -> None:
     """Checked here, not by the exporter: this process's Keras (JAX) against the runtime."""
-    assert exports(export_format).returncode == 0
+    run_dir, result = exports(export_format)
+    assert result.returncode == 0
     images = load_mnist("bundled", limit=64).X_test
-    models = RunFolder(run_copy).load_models()
+    models = RunFolder(run_dir).load_models()
     for name, model in models.items():
         _, _, predict = runtime_view(
-            export_format, run_copy / "exports" / export_format / ARTIFACTS[export_format].format(name)
+            export_format, run_dir / "exports" / export_format / ARTIFACTS[export_format].format(name)
         )
         answered = predict(images)
         expected = model.predict(images, verbose=0)

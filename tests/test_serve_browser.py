@@ -393,11 +393,13 @@ def test_the_static_site_answers_in_the_browser_as_keras_does(static_server: str
             assert np.abs(np.asarray(answer["answers"][name]["probabilities"]) - row).max() <= PROBABILITY_BOUND
 
 
-def test_export_web_writes_into_the_run_by_default(onnx_run: Path) -> None:
+def test_export_web_writes_into_the_run_by_default(onnx_run: Path, tmp_path: Path) -> None:
     require_runtime()
-    result = cli("export", onnx_run, "--format", "web")
+    run_dir = tmp_path / "run"  # A copy: the session's onnx run is read by other test processes meanwhile.
+    shutil.copytree(onnx_run, run_dir)
+    result = cli("export", run_dir, "--format", "web")
     assert result.returncode == 0, result.stderr
-    site = onnx_run / "exports" / "web"
+    site = run_dir / "exports" / "web"
     assert str(site) in result.stdout
     assert json.loads((site / "models.json").read_text())["api"] is False
     assert (site / "ort" / "ort-wasm-simd-threaded.wasm").is_file()

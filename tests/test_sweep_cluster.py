@@ -22,7 +22,8 @@ def test_sweep_on_a_two_node_ray_cluster_uses_both_nodes(tmp_path: Path) -> None
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        config = SweepConfig(experiment=ExperimentConfig(limit=200, epochs=1, backend="jax"), seeds=(0, 1))
+        # The shapes of the other sweeps' trials (300 images): their compiled steps are in the suite's JAX cache.
+        config = SweepConfig(experiment=ExperimentConfig(limit=300, epochs=1, backend="jax"), seeds=(0, 1))
         statistics = run_sweep(config, tmp_path / "cluster", ray_address=cluster.address, stream=io.StringIO())
     finally:
         cluster.shutdown()
