@@ -328,3 +328,36 @@ def test_compare_bad_input_gives_one_line_and_exit_code_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+class FlakyRay:
+    """A stand-in for the ray module whose node misses its start-up deadline ``misses`` times."""
+
+    def __init__(self, misses: int, message: str = "The current node timed out during startup.") -> None:
+        self.misses, self.message, self.inits, self.shutdowns = misses, message, 0, 0
+
+    def init(self, **options) -> None:
+        self.inits += 1
+        assert options["address"] == "local"
+        if self.inits <= self.misses:
+            raise Exception(self.message)
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_times_out_starting_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_cnn.sweep import trials
+
+    monkeypatch.setattr(trials.time, "sleep", lambda seconds: None)
+    twice = FlakyRay(misses=2)
+    trials.start_local_ray(twice, {})
+    assert (twice.inits, twice.shutdowns) == (3, 2)
+    always = FlakyRay(misses=99)
+    with pytest.raises(Exception, match="timed out during startup"):
+        trials.start_local_ray(always, {})
+    assert always.inits == trials.LOCAL_RAY_TRIES
+    other = FlakyRay(misses=1, message="something else")  # Any other failure is not retried.
+    with pytest.raises(Exception, match="something else"):
+        trials.start_local_ray(other, {})
+    assert other.inits == 1

@@ -168,7 +168,7 @@ def start_ray(address: str | None) -> Any:
         "configure_logging": True,
     }
     if address is None:
-        ray.init(address="local", num_cpus=os.cpu_count(), **options)
+        start_local_ray(ray, options)
         return ray
     address = resolve_address(address)
     check_reachable(address)
@@ -184,6 +184,25 @@ def start_ray(address: str | None) -> Any:
             "or leave out --ray-address to run locally"
         ) from None
     return ray
+
+
+LOCAL_RAY_TRIES = 3
+
+
+def start_local_ray(ray: Any, options: dict[str, Any]) -> None:
+    """A new local Ray, started again (up to LOCAL_RAY_TRIES times) when its node misses Ray's
+    start-up deadline: on a loaded 2-core machine the raylet sometimes waits out the deadline
+    for its agents ("The current node timed out during startup"; seen while other processes
+    trained on both cores), and a second start a moment later goes through."""
+    for attempt in range(1, LOCAL_RAY_TRIES + 1):
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), **options)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one.
+            if "timed out during startup" not in str(error) or attempt == LOCAL_RAY_TRIES:
+                raise
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 def resolve_address(address: str) -> str:
