@@ -202,7 +202,11 @@ def test_every_example_variant_trains_the_same_with_both_trainers(key: str) -> N
         ).for_backend(keras.backend.backend())
         assert plan_trainers(config)[0].trainer == trainer
         model = seeded_model(spec, config)
-        trained[trainer] = (model.get_weights(), train_model(model, splits, config).history[0]["loss"])
+        initial = model.get_weights()
+        loss = train_model(model, splits, config).history[0]["loss"]
+        trained[trainer] = (model.get_weights(), loss)  # The weights after training, not the initial ones.
+        after = trained[trainer][0]
+        assert not all(np.array_equal(a, b) for a, b in zip(initial, after, strict=True))  # It trained.
     (fused_weights, fused_loss), (keras_weights, keras_loss) = trained["fused"], trained["keras"]
     if spec.dropout:
         assert fused_loss == pytest.approx(keras_loss, rel=0.05)
