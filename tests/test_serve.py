@@ -634,3 +634,18 @@ def test_a_worker_whose_port_was_taken_stops_the_server_in_one_line(capsys, monk
     assert stopped.value.code == STARTUP_FAILURE
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
+
+
+def test_a_start_that_compiles_the_preparation_says_so_and_a_quick_one_does_not(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mnist_cnn.serve import app
+
+    monkeypatch.setattr(app, "COMPILE_NOTICE_AFTER_S", 0.05)
+    monkeypatch.setattr(app, "use_compiled_preparation", lambda: time.sleep(0.5))  # Compiling.
+    app.compile_preparation()
+    assert "compiling the image preparation for this machine" in capsys.readouterr().out
+    monkeypatch.setattr(app, "use_compiled_preparation", lambda: True)  # Loaded from the cache.
+    app.compile_preparation()
+    time.sleep(0.2)
+    assert capsys.readouterr().out == ""

@@ -102,7 +102,9 @@ def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[subprocess.Pop
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        # Generous: the first server on a fresh machine compiles the image preparation (about a
+        # minute on 2 cores, more while the other test process works).
+        deadline = time.monotonic() + 300
         while True:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "the server did not come up"

@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ IMAGE_BODY = {
     }
 }
 RETRY_AFTER_SECONDS = 1
+COMPILE_NOTICE_AFTER_S = 5.0  # A start-up that compiles the preparation says so after this long.
 PREPARE_THREADS = 2
 # Swagger UI 5 and ReDoc 2, as files of the pinned fastapi-offline package: the docs need no CDN.
 DOCS_ASSETS = resources.files("fastapi_offline") / "static"
@@ -157,7 +159,7 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
     )
     # The compiled preparation (loaded from numba's cache, or compiled the first time on a machine)
     # while the worker compiles the models.
-    use_compiled_preparation()
+    compile_preparation()
     worker.wait_ready()  # Compiles every batch shape now: the first user waits no longer than the rest.
 
     @contextlib.asynccontextmanager
@@ -261,6 +263,23 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         return JSONResponse(await answer(await read_upload(request), polarity))
 
     return app
+
+
+def compile_preparation() -> None:
+    """use_compiled_preparation, with a line when it takes a while: the first start on a
+    machine compiles the kernels (about a minute on 2 cores), and a silent minute looks hung."""
+    notice = threading.Timer(
+        COMPILE_NOTICE_AFTER_S,
+        print,
+        ["mnist-cnn: compiling the image preparation for this machine (once: about a minute on 2 cores)"],
+        {"flush": True},
+    )
+    notice.daemon = True
+    notice.start()
+    try:
+        use_compiled_preparation()
+    finally:
+        notice.cancel()
 
 
 def busy_message(reason: str) -> str:
