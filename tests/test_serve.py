@@ -309,6 +309,40 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
         assert http.post("/api/predict", content=upload).status_code == 200
 
 
+def test_a_request_the_models_do_not_answer_in_time_gets_a_504_and_frees_its_place(
+    smoke_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for the models is bounded (timeout_s): a stuck worker costs the client a 504 with
+    Retry-After, not a hang, and neither the late answer nor the refusal leaks a place in the queue."""
+    from fastapi.testclient import TestClient
+
+    from mnist_cnn.core.config import BatchingSettings
+    from mnist_cnn.serve import batching
+    from mnist_cnn.serve.app import create_app
+
+    release = threading.Event()
+
+    def stuck_forward(model):
+        def forward(images):
+            if len(images) and images.any():  # Warm-up batches are blank: they pass at once.
+                release.wait(timeout=60)
+            return np.full((len(images), 10), 0.1, dtype=np.float32)
+
+        return forward
+
+    monkeypatch.setattr(batching, "compiled_forward", stuck_forward)
+    app = create_app(smoke_run, BatchingSettings(max_batch=1, queue_size=4, timeout_s=0.5))
+    upload = mnist_upload(2, "PNG", dark_on_light=False)
+    with TestClient(app) as http:
+        late = http.post("/api/predict", content=upload)
+        assert late.status_code == 504, late.text
+        assert late.headers["Retry-After"] == "1" and "no answer within 0.5 s" in late.json()["detail"]
+        release.set()  # The worker answers at last, to a request that has gone: nothing breaks.
+        answered = http.post("/api/predict", content=upload)
+        assert answered.status_code == 200 and set(answered.json()["predictions"]) == {"Model_A", "Model_B"}
+        assert app.state.worker._preparing == 0 and app.state.worker._queue.qsize() == 0
+
+
 @pytest.mark.parametrize(("pad_batches", "expected"), [(True, [1, 16]), (False, [1, 5])])
 def test_batches_are_padded_only_for_a_forward_that_compiles_per_shape(pad_batches: bool, expected: list[int]) -> None:
     """JAX's jitted forward sees only the batch sizes compiled at start-up (1, 4, 16, 64);

@@ -179,11 +179,28 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
     )
     app.state.worker = worker
 
-    def prepare_and_submit(content: bytes, polarity: str) -> tuple[concurrent.futures.Future, str]:
-        """In a preparing thread: the upload prepared and handed to the worker from there, not
-        by way of the event loop (one hop less a request; the queue is thread-safe)."""
-        digit, model_input_png = prepare_upload(content, polarity)
-        return worker.submit(digit), model_input_png
+    def prepare_and_submit(
+        content: bytes, polarity: str, answered: asyncio.Future, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """In a preparing thread: the upload prepared and handed to the worker from there, and
+        the models' answer handed back to the event loop once, when it is there. Why: each hop
+        through the loop waits its turn behind everything else the loop has to do (under a
+        crowd, hundreds of refusals a turn), so a request takes the fewest: in, and out."""
+        try:
+            digit, model_input_png = prepare_upload(content, polarity)
+            future = worker.submit(digit)
+        except BaseException as error:  # A bad image (HTTPException) or a full queue, for the loop.
+            loop.call_soon_threadsafe(settle, answered, None, error)
+            return
+        finally:
+            worker.release()  # Queued now (or failed): the queue's bound counts it from here.
+
+        def hand_back(done: concurrent.futures.Future) -> None:
+            error = done.exception()
+            outcome = None if error is not None else (done.result(), model_input_png)
+            loop.call_soon_threadsafe(settle, answered, outcome, error)
+
+        future.add_done_callback(hand_back)
 
     async def answer(content: bytes, polarity: str) -> dict[str, Any]:
         """Every model's answer to one upload, as the API's JSON; an HTTPException for a bad
@@ -194,17 +211,25 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
                 status_code=400, detail=f"unknown polarity {polarity!r}: choose from {', '.join(POLARITIES)}"
             )
         loop = asyncio.get_running_loop()
+        answered = loop.create_future()
         try:
             # Admitted before decoding: a request waiting for a decoding thread counts as queued.
-            with worker.admitted():
-                future, model_input_png = await loop.run_in_executor(preparers, prepare_and_submit, content, polarity)
+            worker.admit()
+            try:
+                preparers.submit(prepare_and_submit, content, polarity, answered, loop)
+            except BaseException:
+                worker.release()
+                raise
+            late = loop.call_later(worker.settings.timeout_s, settle, answered, None, NoAnswerInTime())
+            try:
+                answers, model_input_png = await answered
+            finally:
+                late.cancel()
         except Overloaded as error:
             raise HTTPException(
                 status_code=503, detail=busy_message(str(error)), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
             ) from None
-        try:
-            answers = await asyncio.wait_for(asyncio.wrap_future(future), worker.settings.timeout_s)
-        except asyncio.TimeoutError:
+        except NoAnswerInTime:
             raise HTTPException(
                 status_code=504,
                 detail=f"no answer within {worker.settings.timeout_s:g} s; the server is overloaded, try again later",
@@ -280,6 +305,21 @@ def compile_preparation() -> None:
         use_compiled_preparation()
     finally:
         notice.cancel()
+
+
+class NoAnswerInTime(Exception):
+    """The models did not answer within the worker's timeout (the server answers 504)."""
+
+
+def settle(answered: asyncio.Future, outcome: Any, error: BaseException | None) -> None:
+    """In the event loop: a request's outcome, unless it already has one (it timed out, or its
+    client went away and the wait was cancelled)."""
+    if answered.done():
+        return
+    if error is not None:
+        answered.set_exception(error)
+    else:
+        answered.set_result(outcome)
 
 
 def busy_message(reason: str) -> str:

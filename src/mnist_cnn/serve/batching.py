@@ -9,7 +9,7 @@ compilation), sent through each model once, and every request gets its own answe
 
 Back-pressure instead of collapse: the queue is bounded; when it is full, ``submit`` refuses
 at once (the server answers 503 with Retry-After) rather than letting waits grow without end.
-And the bound counts a request from its admission (``admitted``), while it is still being
+And the bound counts a request from its admission (``admit``), while it is still being
 decoded, not only once it reaches the queue: otherwise a crowd waits, unbounded, in front of
 the decoding threads, and even the requests that are answered wait there for most of a second.
 
@@ -24,12 +24,11 @@ not 16.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,20 +99,20 @@ class InferenceWorker:
         """Whether a new request would be refused: ``queue_size`` are queued or being decoded."""
         return self._preparing + self._queue.qsize() >= self.settings.queue_size
 
-    @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admit(self) -> None:
         """Hold a place for one request while it is decoded, before ``submit``: a request being
         prepared counts against ``queue_size`` like one waiting in the queue, so a crowd is
-        refused at once (``Overloaded``) instead of waiting for the decoding threads."""
+        refused at once (``Overloaded``) instead of waiting for the decoding threads. ``release``
+        gives the place back, in whichever thread the request is submitted (or fails)."""
         with self._admission:
             if self.full():
                 raise Overloaded(f"{self.settings.queue_size} requests are already waiting")
             self._preparing += 1
-        try:
-            yield
-        finally:
-            with self._admission:
-                self._preparing -= 1
+
+    def release(self) -> None:
+        """The place ``admit`` held, given back once the request is queued or has failed."""
+        with self._admission:
+            self._preparing -= 1
 
     def submit(self, digit: np.ndarray) -> concurrent.futures.Future:
         """Queue one prepared 28x28 digit; the future resolves to every model's answer."""
