@@ -589,14 +589,17 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
         f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops",
         flush=True,
     )
+    # No access log: at "warning" it prints nothing, but uvicorn still formats every request's
+    # line (client, path, quoting) when the access logger has a handler.
+    quiet = {"log_level": "warning", "access_log": False}
     if workers == 1:
-        uvicorn.run(create_app(run_dir, settings, server.runtime), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(run_dir, settings, server.runtime), host=host, port=port, **quiet)
         return
     settings = settings or BatchingSettings()
     handed = {"run_dir": str(run_dir), "runtime": server.runtime, **dataclasses.asdict(settings)}
     os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
     factory = "mnist_cnn.serve.app:app_from_environment"
-    options = {"factory": True, "workers": workers, "host": host, "port": port, "log_level": "warning"}
+    options = {"factory": True, "workers": workers, "host": host, "port": port, **quiet}
     if not REUSE_PORT:  # uvicorn's own way: one socket, shared by the workers.
         uvicorn.run(factory, **options)
         return
