@@ -258,6 +258,24 @@ def test_health_and_readiness(server: str) -> None:
     assert ready.json()["models"] == ["Model_A", "Model_B"]
 
 
+def forward_held_until(release: threading.Event, busy: threading.Event | None = None):
+    """A stand-in for ``compiled_forward`` whose forward holds every real batch until ``release``
+    is set (``busy`` set once it holds one), then answers 0.1 for every digit. Warm-up batches
+    are blank: they pass at once."""
+
+    def build(model):
+        def forward(images):
+            if len(images) and images.any():
+                if busy is not None:
+                    busy.set()
+                release.wait(timeout=60)
+            return np.full((len(images), 10), 0.1, dtype=np.float32)
+
+        return forward
+
+    return build
+
+
 def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Back-pressure: a slow worker with a queue of 2 refuses the rest at once, and recovers."""
     from fastapi.testclient import TestClient
@@ -268,17 +286,7 @@ def test_a_full_queue_answers_503_with_retry_after(smoke_run: Path, monkeypatch:
 
     release = threading.Event()
     busy = threading.Event()  # Set once the worker holds a real request (not a warm-up batch).
-
-    def slow_forward(model):
-        def forward(images):
-            if len(images) and images.any():  # Warm-up batches are blank: they pass at once.
-                busy.set()
-                release.wait(timeout=60)
-            return np.full((len(images), 10), 0.1, dtype=np.float32)
-
-        return forward
-
-    monkeypatch.setattr(batching, "compiled_forward", slow_forward)
+    monkeypatch.setattr(batching, "compiled_forward", forward_held_until(release, busy))
     app = create_app(smoke_run, BatchingSettings(max_batch=1, queue_size=2))
     upload = mnist_upload(2, "PNG", dark_on_light=False)
     statuses: list[int] = []
@@ -321,16 +329,7 @@ def test_a_request_the_models_do_not_answer_in_time_gets_a_504_and_frees_its_pla
     from mnist_cnn.serve.app import create_app
 
     release = threading.Event()
-
-    def stuck_forward(model):
-        def forward(images):
-            if len(images) and images.any():  # Warm-up batches are blank: they pass at once.
-                release.wait(timeout=60)
-            return np.full((len(images), 10), 0.1, dtype=np.float32)
-
-        return forward
-
-    monkeypatch.setattr(batching, "compiled_forward", stuck_forward)
+    monkeypatch.setattr(batching, "compiled_forward", forward_held_until(release))
     app = create_app(smoke_run, BatchingSettings(max_batch=1, queue_size=4, timeout_s=0.5))
     upload = mnist_upload(2, "PNG", dark_on_light=False)
     with TestClient(app) as http:
