@@ -169,12 +169,17 @@ def onnx_export(onnx_run: Path) -> Result:
 
 
 @contextlib.contextmanager
-def served(app: Any) -> Iterator[str]:
-    """The app served by uvicorn on a loopback port in a background thread, for real HTTP."""
+def served(app: Any, limits: Any = None) -> Iterator[str]:
+    """The app served by uvicorn on a loopback port in a background thread, for real HTTP, with
+    the HTTP limits ``serve`` gives it (``limits``: an HttpLimits, else the defaults)."""
     import uvicorn
 
+    from mnist_cnn.core.config import HttpLimits
+    from mnist_cnn.serve.process import server_options
+
     port = free_port()
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = server_options(limits or HttpLimits())
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -629,7 +629,7 @@ def test_openapi_declares_every_error_answer_with_its_body(server: str) -> None:
 
 
 def test_serve_on_a_taken_port_says_so_in_one_line_and_exits_2(smoke_run: Path) -> None:
-    from mnist_cnn.serve.app import check_address_free
+    from mnist_cnn.serve.process import check_address_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -654,13 +654,13 @@ def test_a_worker_whose_port_was_taken_stops_the_server_in_one_line(capsys, monk
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
-    from mnist_cnn.serve import app
+    from mnist_cnn.serve import process
 
     port = free_port()
     with socket.socket() as taken:  # A listener without SO_REUSEPORT: no worker may join it.
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        worker = app.OwnSocketProcess(uvicorn.Config("x:y", host="127.0.0.1", port=port, workers=2), [])
+        worker = process.OwnSocketProcess(uvicorn.Config("x:y", host="127.0.0.1", port=port, workers=2), [])
         monkeypatch.setattr(uvicorn.supervisors.multiprocess.Process, "target", lambda self, sockets=None: None)
         with pytest.raises(SystemExit) as stopped:
             worker.target()

@@ -627,7 +627,7 @@ def runs_without_keras(args: argparse.Namespace) -> bool:
 
 
 def command_serve(args: argparse.Namespace, backend: str | None) -> int:
-    from mnist_cnn.serve.app import serve
+    from mnist_cnn.serve.process import serve
 
     server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
     settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)

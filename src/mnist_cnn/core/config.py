@@ -412,13 +412,35 @@ SERVE_RUNTIMES = ("jax", "onnx")
 
 
 @dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """What one connection may take of the server, and how long it drains on shutdown (serve/http.py
+    enforces them: a slow or silent client cannot hold a socket, a huge header is refused)."""
+
+    header_timeout_s: float = 10.0  # From a request's first byte (or the connection) to its last header.
+    body_timeout_s: float = 10.0  # The longest pause between two parts of a body.
+    keep_alive_s: float = 5.0  # An idle keep-alive connection is closed after this long.
+    max_header_bytes: int = 32 * 1024  # The request line and headers together (nginx's default total).
+    max_connections: int = 1024  # Open connections per server process; past it a new one gets 503.
+    drain_s: float = 10.0  # On shutdown, requests in progress get this long to be answered.
+    shutdown_grace_s: float = 0.5  # On shutdown, an accepted connection not yet read waits this long for its request.
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{field.name.replace('_', ' ')} must be positive, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerSettings:
-    """Where ``serve`` listens, how many processes answer there, and with which runtime."""
+    """Where ``serve`` listens, how many processes answer there, with which runtime, and the
+    limits on each connection."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # Server processes on the one port, each with its own copy of the models.
     runtime: str = "jax"
+    limits: HttpLimits = HttpLimits()
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 1 <= self.port <= 65535:

@@ -1,0 +1,176 @@
+"""``mnist-cnn serve``: the server as processes on a port. One process runs uvicorn on the app;
+``--workers N`` runs N under uvicorn's own supervisor (restarts, signals, health checks), each
+worker listening on a socket of its own. Every connection gets the HTTP limits of serve/http.py,
+and SIGTERM drains: what was accepted is answered before the process exits."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import multiprocess
+
+from mnist_cnn.core.config import BatchingSettings, HttpLimits, ServerSettings
+from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.predict.inference import check_onnxruntime
+from mnist_cnn.serve.http import uvicorn_options
+from mnist_cnn.store.runs import RunFolder
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+SERVE_ENVIRONMENT = "MNIST_CNN_SERVE"  # How `serve --workers N` hands its settings to each worker process.
+# How long uvicorn's supervisor waits for a worker's answer to its health check before it kills
+# the worker and starts another. uvicorn's 5 s is less than a new worker takes on a busy 2-core
+# machine just to import its modules and start answering (a killed worker was restarted about 6
+# times in a row that way); a worker that really hangs is still replaced, later.
+WORKER_HEALTHCHECK_S = 60
+
+
+def serve(run_dir: Path, server: ServerSettings | None = None, settings: BatchingSettings | None = None) -> None:
+    """Serve the page and the API; ``server.workers`` > 1 runs that many processes on one port."""
+    import uvicorn
+
+    from mnist_cnn.serve.app import compile_preparation, create_app
+
+    server = server or ServerSettings()
+    host, port, workers = server.host, server.port, server.workers
+    run = RunFolder.existing(run_dir)
+    run.trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
+    if server.runtime == "onnx":  # So do a missing onnxruntime and missing exports.
+        check_onnxruntime()
+        run.onnx_exports()
+    check_address_free(host, port)  # Announce no server that cannot be there.
+    print(
+        f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops",
+        flush=True,
+    )
+    options = server_options(server.limits)
+    if workers == 1:
+        uvicorn.run(create_app(run_dir, settings, server.runtime), host=host, port=port, **options)
+        return
+    compile_preparation(in_own_process=True)  # Once, here: every worker then loads it from numba's cache.
+    settings = settings or BatchingSettings()
+    handed = {"run_dir": str(run_dir), "runtime": server.runtime, **dataclasses.asdict(settings)}
+    os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
+    factory = "mnist_cnn.serve.process:app_from_environment"
+    config = uvicorn.Config(
+        factory,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        **options,
+    )
+    if REUSE_PORT:
+        supervise_own_socket_workers(config)
+    else:  # uvicorn's own way: one socket, shared by the workers.
+        uvicorn.run(factory, factory=True, workers=workers, host=host, port=port, **options)
+
+
+def server_options(limits: HttpLimits) -> dict[str, Any]:
+    """uvicorn's settings for every server process: the HTTP limits, and no access log (at
+    "warning" it prints nothing, but uvicorn still formats every request's line)."""
+    return {"log_level": "warning", "access_log": False, **uvicorn_options(limits)}
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of ``serve --workers N`` (uvicorn's app factory)."""
+    from mnist_cnn.serve.app import create_app
+
+    settings = json.loads(os.environ[SERVE_ENVIRONMENT])
+    run_dir, runtime = Path(settings.pop("run_dir")), settings.pop("runtime")
+    return create_app(run_dir, BatchingSettings(**settings), runtime)
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def check_address_free(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (SO_REUSEADDR), then let go: a taken port is one
+    clear line before anything is announced, not uvicorn's errno after the models load."""
+    family = address_family(host)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise ConfigError(f"cannot listen on {host}: no such address; choose another with --host") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use: stop what uses it or choose another with --port"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise ConfigError(
+                f"port {port} on {host} needs administrator rights (ports below 1024 do): choose another with --port"
+            ) from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"{host} is not an address of this machine: choose another with --host (127.0.0.1 or 0.0.0.0)"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {host} port {port} ({error.strerror}): choose another with --port"
+        ) from None
+
+
+# Linux spreads the connections to one port over the sockets that listen on it with
+# SO_REUSEPORT; elsewhere (macOS, Windows) the option does not balance, and uvicorn's shared
+# socket is used.
+REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` beside the other workers' (SO_REUSEPORT)."""
+    listener = socket.socket(address_family(host), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host, port))
+    return listener
+
+
+def supervise_own_socket_workers(config: uvicorn.Config) -> None:
+    """uvicorn's supervisor, with workers that listen on sockets of their own (OwnSocketProcess).
+
+    uvicorn has no setting for that: its supervisor makes each worker with the module-level
+    name ``uvicorn.supervisors.multiprocess.Process``, so that name is OwnSocketProcess while
+    the supervisor runs, and uvicorn's own again after. This is the one place that reaches into
+    uvicorn (tests/test_serve.py runs it with real workers, one of them killed).
+    """
+    uvicorns_process = multiprocess.Process
+    multiprocess.Process = OwnSocketProcess
+    try:
+        multiprocess.Multiprocess(config, sockets=[]).run()
+    finally:
+        multiprocess.Process = uvicorns_process
+
+
+class OwnSocketProcess(multiprocess.Process):
+    """A worker of ``serve --workers N``: uvicorn's worker process, listening on a socket of its
+    own instead of the parent's.
+
+    Why: with one shared socket, the worker that wakes first accepts every connection waiting,
+    so a crowd that connects at once (a class opening the page, a load test) lands on one
+    worker while the other idles: 16 clients measured 150 requests/s on one process of two,
+    419 when each worker has its socket and the kernel spreads the connections (SO_REUSEPORT;
+    bench/serve_load.py).
+    """
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            listener = reuse_port_socket(self.config.host, self.config.port)
+        except OSError as error:  # Taken since the check: uvicorn's supervisor stops, not restarts.
+            where = f"{self.config.host}:{self.config.port}"
+            print(f"mnist-cnn: cannot listen on {where} ({error.strerror}): choose another --port", file=sys.stderr)
+            sys.exit(STARTUP_FAILURE)
+        super().target([listener])
