@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study \
+.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-faults \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -116,6 +116,14 @@ bench-serve: $(DEV)
 BROWSER_RUN ?= runs/bench-serve
 bench-browser: $(DEV) $(WEB)
 	$(BIN)/python bench/browser_predict.py $(BROWSER_RUN) --json docs/browser-bench.json $(ARGS)
+
+## The server against hostile and faulty clients (slowloris, stalled bodies, huge headers, HTTP/0.9,
+## decoder traps, SIGTERM under 32 clients): cases tried, handled and lost, into docs/faults-bench.json.
+bench-faults: $(DEV)
+	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
+		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
+	[ -f $(SERVE_RUN)/exports/onnx/manifest.json ] || $(BIN)/mnist-cnn export $(SERVE_RUN) --format onnx
+	$(BIN)/python bench/faults.py $(SERVE_RUN) --out docs/faults-bench.json $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
 ## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs
