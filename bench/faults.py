@@ -122,18 +122,22 @@ def start_serve(run: Path, port: int, *extra: str) -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def busy_core() -> Iterator[None]:
-    """A busy machine, as in production under load: a process spinning on the server's core, so
+def busy_core(spinners: int = 1) -> Iterator[None]:
+    """A busy machine, as in production under load: processes spinning on the server's core, so
     that the server's event loop falls behind its sockets (and a new worker starts slowly)."""
-    spinner = subprocess.Popen(
-        [sys.executable, "-c", "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end: pass"],
-        preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CORE}),
-    )
+    spinning = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end: pass"],
+            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CORE}),
+        )
+        for _ in range(spinners)
+    ]
     try:
         yield
     finally:
-        spinner.kill()
-        spinner.wait(timeout=30)
+        for spinner in spinning:
+            spinner.kill()
+            spinner.wait(timeout=30)
 
 
 def wait_ready(url: str, process: subprocess.Popen, limit_s: float = 300) -> float:

@@ -210,7 +210,7 @@ def test_a_killed_worker_is_replaced_once_and_ready_within_its_start_up_time(
             assert time.monotonic() < deadline, "two workers never came up"
             time.sleep(0.2)
         victim = min(workers)
-        with faults.busy_core(), faults.Crowd(url, 8) as crowd:
+        with faults.busy_core(spinners=4), faults.Crowd(url, 8) as crowd:
             time.sleep(1)
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
@@ -226,7 +226,7 @@ def test_a_killed_worker_is_replaced_once_and_ready_within_its_start_up_time(
                     if httpx.get(f"{url}/readyz", timeout=2).json().get("process") == replacement:
                         ready_after = time.monotonic() - killed
                 time.sleep(0.05)
-            time.sleep(10)  # A restart loop would show as further new workers here.
+            time.sleep(6)  # A restart loop would show as further new workers here.
             seen = worker_pids(process.pid)
         assert ready_after is not None, "the replacement never answered"
         assert seen == (workers - {victim}) | {replacement}, (workers, victim, replacement, seen)
