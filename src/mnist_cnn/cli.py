@@ -175,13 +175,15 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
 
 
 def tracking_from_args(args: argparse.Namespace) -> TrackingSettings | None:
-    """The tracking settings, checked (URI, MLflow installed) before anything is trained; None: off."""
+    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable) before anything is
+    trained; None: off."""
     if getattr(args, "track", None) is None:
         return None
-    from mnist_cnn.track.mlflow_tracking import require_mlflow
+    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_writable_store
 
     settings = TrackingSettings.chosen(None if args.track is TRACK_DEFAULT else args.track, args.track_experiment)
     require_mlflow()
+    require_writable_store(settings)
     return settings
 
 
