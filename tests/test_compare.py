@@ -23,7 +23,7 @@ from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
 from mnist_cnn.sweep.trials import CpuPlan, SweepProgress, trial_result
 
-from .conftest import cli
+from .conftest import cli, run_cli
 
 SWEEP_SEEDS = (0, 1, 2)
 SWEEP_SETTINGS = ("--limit", "300", "--epochs", "2")
@@ -328,6 +328,48 @@ def test_compare_bad_input_gives_one_line_and_exit_code_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()  # Refused before the sweep began: nothing left behind.
+
+
+# compare's refusals of its own flags: none needs Keras, Ray or the sweep folder.
+COMPARE_REFUSALS = [
+    (("--seeds", "0"), "at least 1 seed"),
+    (("--seeds", "1"), "needs at least 2 seeds"),
+    (("--seeds", "2", "--workers", "0"), "workers must be at least 1, got 0"),
+    (("--seeds", "2", "--cpus-per-trial", "0"), "CPUs per trial must be at least 1, got 0"),
+    (("--seeds", "2", "--ray-address", "nonsense"), "is not HOST:PORT"),
+    (("--seeds", "2", "--ray-address", "127.0.0.1:9"), "no Ray cluster answers at 127.0.0.1:9"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), COMPARE_REFUSALS)
+def test_compare_refuses_its_flags_before_keras_ray_or_a_folder(
+    arguments: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from mnist_cnn.core import environment
+
+    def started(*args: object, **options: object) -> None:
+        raise AssertionError("started before the flags were checked")
+
+    monkeypatch.setattr(environment, "select_backend", started)  # Where Keras's backend is fixed.
+    monkeypatch.setattr(ray, "init", started)
+    result = cli("compare", *arguments, "--out", tmp_path / "sweep")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [COMPARE_REFUSALS[0], *COMPARE_REFUSALS[2:5]])
+def test_a_refused_compare_process_exits_at_once(arguments: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    """The real process, as a user runs it: the one line, exit 2, and the process gone well within
+    the timeout (run_cli raises if it is not), with no sweep folder made."""
+    result = run_cli("compare", *arguments, "--out", tmp_path / "sweep", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("mnist-cnn: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 class FlakyRay:

@@ -79,6 +79,10 @@ class SweepFolder:
     def is_sweep(self) -> bool:
         return self.settings_path.is_file()
 
+    def has_trials(self) -> bool:
+        """Whether a seed's run folder is there: a trial of the sweep has started."""
+        return any(path.name.startswith(SEED_FOLDER_PREFIX) for path in self.path.iterdir())
+
     def holds_other_files(self) -> bool:
         return any(path.name != LOCK_FILE for path in self.path.iterdir())
 

@@ -122,6 +122,7 @@ def train_seeds(
     ``on_trial(seed)`` runs in this process as each trial ends (tracking logs it from its folder).
     """
     stream = stream or sys.stdout
+    plan = CpuPlan.of(workers, cpus_per_trial)  # Before sweep.json: a bad flag leaves no sweep behind.
     adopt_sweep_folder(sweep_config, sweep)
     pending = []
     for seed in sweep_config.seeds:
@@ -130,8 +131,15 @@ def train_seeds(
         else:
             pending.append(seed)
     if pending:
-        plan = CpuPlan.of(workers, cpus_per_trial)
         run_trials(sweep_config, sweep, pending, ray_address, plan, stream, on_trial)
+
+
+def check_sweep_options(ray_address: str | None, workers: int | None, cpus_per_trial: int | None) -> None:
+    """Where and how the trials would run, checked before anything starts or is written (Keras,
+    Ray, the sweep folder): a bad --workers, --cpus-per-trial or --ray-address is one line at once."""
+    CpuPlan.of(workers, cpus_per_trial)
+    if ray_address is not None:
+        check_reachable(ray_address)
 
 
 def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
