@@ -164,6 +164,47 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, smoke_run: Pat
         assert len(result.stderr.strip().splitlines()) == 1, (arguments, result.stderr)
 
 
+FOLDER = "FOLDER"  # Stands for the path under test in each command below.
+COMMANDS_OPENING_A_FOLDER = [
+    ["evaluate", FOLDER],
+    ["predict", FOLDER],
+    ["report", FOLDER],
+    ["serve", FOLDER],
+    ["export", FOLDER, "--format", "onnx"],
+    ["experiment", "--resume", FOLDER],
+    ["compare", "--resume", FOLDER],
+    ["publish", FOLDER, "--out", "COPY"],
+    ["track", FOLDER, "--track", "sqlite:///STORE"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS_OPENING_A_FOLDER, ids=lambda command: " ".join(command[:2]))
+def test_a_file_where_a_folder_is_wanted_is_not_a_folder_and_a_missing_one_does_not_exist(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``mnist-cnn evaluate /etc/passwd``: the path is there, it is not a folder; each message says which."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a run")
+    for path, message, not_said in ((tmp_path / "missing", "does not exist", "not a folder"),
+                                    (notes, f"{notes} is not a folder", "does not exist")):  # fmt: skip
+        replaced = {FOLDER: path, "COPY": tmp_path / "copy", "sqlite:///STORE": f"sqlite:///{tmp_path / 'm.db'}"}
+        result = cli(*[replaced.get(argument, argument) for argument in command])
+        assert result.returncode == 2, (path, result.stderr)
+        assert message in result.stderr and not_said not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_publishing_into_a_file_is_refused_as_not_a_folder(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")  # Enough to be taken for a sweep: the destination is checked first.
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("publish", sweep, "--out", tmp_path / "notes.txt")
+    assert result.returncode == 2, result.stderr
+    assert f"{tmp_path / 'notes.txt'} is not a folder" in result.stderr and result.stderr.count("\n") == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_a_failed_start_leaves_no_run_folder_behind(tmp_path: Path) -> None:
     """Data that cannot be used is refused before the run folder exists: no empty 'failed' run."""
     (tmp_path / "notes.txt").write_text("my notes")

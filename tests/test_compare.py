@@ -23,7 +23,7 @@ from mnist_cnn.store.runs import RunFolder
 from mnist_cnn.store.sweeps import SweepFolder
 from mnist_cnn.sweep.trials import CpuPlan, SweepProgress, trial_result
 
-from .conftest import cli
+from .conftest import cli, run_cli
 
 SWEEP_SEEDS = (0, 1, 2)
 SWEEP_SETTINGS = ("--limit", "300", "--epochs", "2")
@@ -328,36 +328,102 @@ def test_compare_bad_input_gives_one_line_and_exit_code_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()  # Refused before the sweep began: nothing left behind.
 
 
-class FlakyRay:
-    """A stand-in for the ray module whose node misses its start-up deadline ``misses`` times."""
-
-    def __init__(self, misses: int, message: str = "The current node timed out during startup.") -> None:
-        self.misses, self.message, self.inits, self.shutdowns = misses, message, 0, 0
-
-    def init(self, **options) -> None:
-        self.inits += 1
-        assert options["address"] == "local"
-        if self.inits <= self.misses:
-            raise Exception(self.message)
-
-    def shutdown(self) -> None:
-        self.shutdowns += 1
+RAY_START_TIMED_OUT = (
+    "The current node timed out during startup. This could happen because some of the raylet failed to "
+    "startup or the GCS has become overloaded."
+)  # What Ray 2.60's ray.init() raises, a bare Exception, when its node misses the start-up deadline.
 
 
-def test_a_local_ray_that_times_out_starting_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_ray_that_does_not_start_is_one_line_saying_what_to_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node was given Ray's own longer deadline (RAY_raylet_start_wait_time_s, read by Ray's
+    C++ core), once, not a loop of retries; when it still misses it, nothing is left behind."""
+    import ray
+
     from mnist_cnn.sweep import trials
 
-    monkeypatch.setattr(trials.time, "sleep", lambda seconds: None)
-    twice = FlakyRay(misses=2)
-    trials.start_local_ray(twice, {})
-    assert (twice.inits, twice.shutdowns) == (3, 2)
-    always = FlakyRay(misses=99)
-    with pytest.raises(Exception, match="timed out during startup"):
-        trials.start_local_ray(always, {})
-    assert always.inits == trials.LOCAL_RAY_TRIES
-    other = FlakyRay(misses=1, message="something else")  # Any other failure is not retried.
-    with pytest.raises(Exception, match="something else"):
-        trials.start_local_ray(other, {})
-    assert other.inits == 1
+    monkeypatch.setenv(trials.RAYLET_START_WAIT, "")
+    monkeypatch.delenv(trials.RAYLET_START_WAIT)  # Unset, and unset again after the test.
+    deadlines = []
+
+    def timed_out(**options: object) -> None:
+        deadlines.append(os.environ.get(trials.RAYLET_START_WAIT))
+        raise Exception(RAY_START_TIMED_OUT)  # Ray raises a bare Exception for it.
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    result = cli("compare", "--seeds", "2", "--models", "A", "--limit", "100", "--epochs", "1", "--out", tmp_path / "s")
+    assert result.returncode == 2, result.stderr
+    said = f"mnist-cnn: error: Ray did not start on this machine: {RAY_START_TIMED_OUT.rstrip('.')}; close "
+    assert result.stderr.startswith(said), result.stderr
+    assert "run the command again" in result.stderr and "--ray-address HOST:PORT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert deadlines == [str(trials.LOCAL_RAY_START_WAIT_S)]
+    assert not (tmp_path / "s").exists()  # A sweep that never began: no sweep.json, no folder.
+
+
+@pytest.mark.slow
+def test_the_start_up_deadline_given_is_the_one_rays_core_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAY_raylet_start_wait_time_s is how long Ray's C++ core looks for a node in its GCS before
+    it gives up (Ray's default 30 s): on a real local Ray, asked for a node that never registers, it
+    gives up after the seconds set. A value the user set is kept over LOCAL_RAY_START_WAIT_S."""
+    import time
+
+    from ray._private import services
+
+    from mnist_cnn.sweep import trials
+
+    monkeypatch.setenv(trials.RAYLET_START_WAIT, "4")
+    ray = trials.start_ray(None)
+    try:
+        gcs_address = ray._private.worker.global_worker.node.gcs_address
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017  (Ray's RuntimeError, or its RPC's deadline)
+            services.get_node(gcs_address, "ab" * 28)
+        assert 4 <= time.monotonic() - started < 15
+    finally:
+        ray.shutdown()
+
+
+# compare's refusals of its own flags: none needs Keras, Ray or the sweep folder.
+COMPARE_REFUSALS = [
+    (("--seeds", "0"), "at least 1 seed"),
+    (("--seeds", "1"), "needs at least 2 seeds"),
+    (("--seeds", "2", "--workers", "0"), "workers must be at least 1, got 0"),
+    (("--seeds", "2", "--cpus-per-trial", "0"), "CPUs per trial must be at least 1, got 0"),
+    (("--seeds", "2", "--ray-address", "nonsense"), "is not HOST:PORT"),
+    (("--seeds", "2", "--ray-address", "127.0.0.1:9"), "no Ray cluster answers at 127.0.0.1:9"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), COMPARE_REFUSALS)
+def test_compare_refuses_its_flags_before_keras_ray_or_a_folder(
+    arguments: tuple[str, ...], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from mnist_cnn.core import environment
+
+    def started(*args: object, **options: object) -> None:
+        raise AssertionError("started before the flags were checked")
+
+    monkeypatch.setattr(environment, "select_backend", started)  # Where Keras's backend is fixed.
+    monkeypatch.setattr(ray, "init", started)
+    result = cli("compare", *arguments, "--out", tmp_path / "sweep")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [COMPARE_REFUSALS[0], *COMPARE_REFUSALS[2:5]])
+def test_a_refused_compare_process_exits_at_once(arguments: tuple[str, ...], message: str, tmp_path: Path) -> None:
+    """The real process, as a user runs it: the one line, exit 2, and the process gone well within
+    the timeout (run_cli raises if it is not), with no sweep folder made."""
+    result = run_cli("compare", *arguments, "--out", tmp_path / "sweep", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("mnist-cnn: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sweep").exists()

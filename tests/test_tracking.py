@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -205,6 +207,65 @@ def test_a_malformed_tracking_uri_is_one_line_before_training(tmp_path: Path, ur
 def test_a_sqlite_store_in_a_missing_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         TrackingSettings(uri=f"sqlite:///{tmp_path}/missing/mlflow.db")
+
+
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` (a file or a folder) made unwritable for real, for this process and its children.
+
+    The suite runs as root, whom permission bits do not stop (root writes a file of mode 0444,
+    and so does SQLite run by root), so as root the path is made immutable (``chattr +i``:
+    refused to root too, as a read-only mount would be); as anyone else, its write bits are
+    cleared. Patching os.access or os.open would test the check against itself, not against the
+    file system. Where root may not set the flag (a container without CAP_LINUX_IMMUTABLE, or no
+    chattr), the test is skipped: nothing else there refuses root a write.
+    """
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root, and no chattr to make a path immutable")
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"running as root, and chattr +i is refused here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("unwritable_part", ["database", "folder"])
+def test_a_sqlite_store_that_cannot_be_written_is_refused_before_training(tmp_path: Path, unwritable_part: str) -> None:
+    """A read-only database (or one in a read-only folder, where SQLite writes its journal) is
+    refused in one line before the run folder exists, not found out at the first epoch's logging."""
+    store = tmp_path / "store"
+    store.mkdir()
+    database = store / "ro.db"
+    if unwritable_part == "database":
+        sqlite3.connect(database).close()  # A real, empty SQLite database.
+    with unwritable(database if unwritable_part == "database" else store):
+        result = cli(*RUN_ARGS, "--out", tmp_path / "run", "--track", f"sqlite:///{database}")
+    assert result.returncode == 2, result.stdout
+    cannot = f"cannot write {database}" if unwritable_part == "database" else f"cannot write in folder {store}"
+    assert result.stderr.startswith(f"mnist-cnn: error: --track 'sqlite:///{database}': {cannot} ("), result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("a-folder", "is not a file"), ("ro.db?mode=ro&uri=true", "opens the database read-only")]
+)
+def test_a_sqlite_store_that_is_a_folder_or_read_only_is_refused(tmp_path: Path, name: str, message: str) -> None:
+    (tmp_path / "a-folder").mkdir()
+    result = cli(*RUN_ARGS, "--out", tmp_path / "run", "--track", f"sqlite:///{tmp_path / name}")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("mnist-cnn: error: --track") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_bare_track_takes_the_environment_then_mlflows_default(monkeypatch: pytest.MonkeyPatch) -> None:

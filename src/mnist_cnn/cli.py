@@ -32,6 +32,7 @@ from mnist_cnn.core.config import (
     BatchingSettings,
     ExperimentConfig,
     ServerSettings,
+    SweepConfig,
     TrackingSettings,
     parse_seeds,
 )
@@ -175,13 +176,15 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
 
 
 def tracking_from_args(args: argparse.Namespace) -> TrackingSettings | None:
-    """The tracking settings, checked (URI, MLflow installed) before anything is trained; None: off."""
+    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable) before anything is
+    trained; None: off."""
     if getattr(args, "track", None) is None:
         return None
-    from mnist_cnn.track.mlflow_tracking import require_mlflow
+    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_writable_store
 
     settings = TrackingSettings.chosen(None if args.track is TRACK_DEFAULT else args.track, args.track_experiment)
     require_mlflow()
+    require_writable_store(settings)
     return settings
 
 
@@ -405,7 +408,7 @@ def add_compare_parser(commands: Any) -> None:
     add_training_flags(compare, sweep=True)
 
 
-def config_from_args(args: argparse.Namespace, backend: str) -> ExperimentConfig:
+def config_from_args(args: argparse.Namespace, backend: str | None) -> ExperimentConfig:
     variants = gather_variants(args.variant_files, args.inline_variants)
     return ExperimentConfig(
         variants=tuple(spec for spec in variants if spec.key in args.models),  # What the run uses, recorded whole.
@@ -457,8 +460,23 @@ def command_experiment(args: argparse.Namespace, backend: str) -> int:
     return 0
 
 
+def sweep_config_from_args(args: argparse.Namespace, backend: str | None) -> SweepConfig:
+    baseline = args.baseline.strip().upper() if args.baseline else None
+    return SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds, baseline=baseline)
+
+
+def check_compare_flags(args: argparse.Namespace) -> None:
+    """Every value compare refuses, checked before Keras is imported and Ray started (seconds
+    each, and processes to end) and before a folder is made: a bad one is one line at once."""
+    from mnist_cnn.sweep.trials import check_sweep_options
+
+    if args.resume is None:
+        sweep_config_from_args(args, backend=None)
+    check_sweep_options(args.ray_address, args.workers, args.cpus_per_trial)
+    tracking_from_args(args)
+
+
 def command_compare(args: argparse.Namespace, backend: str) -> int:
-    from mnist_cnn.core.config import SweepConfig
     from mnist_cnn.store.sweeps import SweepFolder
     from mnist_cnn.sweep.compare import run_sweep
 
@@ -466,8 +484,7 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
         sweep = SweepFolder.existing(args.resume)
         sweep_config = SweepConfig.from_json(sweep.read_settings())
     else:
-        baseline = args.baseline.strip().upper() if args.baseline else None
-        sweep_config = SweepConfig(experiment=config_from_args(args, backend), seeds=args.seeds, baseline=baseline)
+        sweep_config = sweep_config_from_args(args, backend)
         sweep = SweepFolder(args.out) if args.out is not None else SweepFolder.new()
     tracking = tracking_from_args(args)
     try:
@@ -480,6 +497,9 @@ def command_compare(args: argparse.Namespace, backend: str) -> int:
             tracking=tracking,
         )
     except KeyboardInterrupt:
+        if not sweep.is_sweep():  # Before its first trial: the sweep left nothing to resume.
+            print("mnist-cnn: interrupted before the sweep began", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(
             "mnist-cnn: interrupted; finished seeds and epochs are saved. "
             f"Resume with: mnist-cnn compare --resume {sweep.path}",
@@ -679,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, stop_on_sigterm)
         if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
+        if args.command == "compare":
+            check_compare_flags(args)
         backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:

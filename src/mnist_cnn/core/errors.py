@@ -34,5 +34,10 @@ class TrialLostError(UserError):
     nothing is wrong with the settings, and the sweep resumes from the trial's last epoch."""
 
 
+class RayStartError(UserError):
+    """Ray could not start its local node (a machine too busy for Ray's start-up deadline, a
+    process that could not start): nothing is wrong with the settings, and trying again may do."""
+
+
 class ExportError(UserError):
     """A model cannot be exported, or its export does not answer as the Keras model does."""

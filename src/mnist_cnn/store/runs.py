@@ -263,10 +263,12 @@ class RunFolder:
     def existing(cls, path: str | Path) -> RunFolder:
         """A folder that must already be a run (it has a config.json), checked before anything reads it."""
         run = cls(path)
-        if not run.path.is_dir():
+        if not run.path.exists():
             raise RunFolderError(
                 f"run folder {run.path} does not exist; pass a folder written by 'mnist-cnn experiment'"
             )
+        if not run.path.is_dir():
+            raise RunFolderError(f"{run.path} is not a folder; pass a run folder, as written by 'mnist-cnn experiment'")
         if not run.config_path.is_file():
             raise RunFolderError(
                 f"{run.path} is not a run folder (no {CONFIG_FILE}); pass a folder written by 'mnist-cnn experiment'"

@@ -42,9 +42,13 @@ class SweepFolder:
     @classmethod
     def existing(cls, path: str | Path) -> SweepFolder:
         sweep = cls(path)
-        if not sweep.path.is_dir():
+        if not sweep.path.exists():
             raise RunFolderError(
                 f"sweep folder {sweep.path} does not exist; pass a folder written by 'mnist-cnn compare'"
+            )
+        if not sweep.path.is_dir():
+            raise RunFolderError(
+                f"{sweep.path} is not a folder; pass a sweep folder, as written by 'mnist-cnn compare'"
             )
         if not sweep.settings_path.is_file():
             raise RunFolderError(
@@ -74,6 +78,10 @@ class SweepFolder:
 
     def is_sweep(self) -> bool:
         return self.settings_path.is_file()
+
+    def has_trials(self) -> bool:
+        """Whether a seed's run folder is there: a trial of the sweep has started."""
+        return any(path.name.startswith(SEED_FOLDER_PREFIX) for path in self.path.iterdir())
 
     def holds_other_files(self) -> bool:
         return any(path.name != LOCK_FILE for path in self.path.iterdir())
@@ -125,6 +133,8 @@ class SweepFolder:
         destination = Path(destination)
         if destination.resolve() == self.path.resolve():
             raise RunFolderError(f"{destination} is the sweep itself; publish into another folder")
+        if destination.exists() and not destination.is_dir():
+            raise RunFolderError(f"{destination} is not a folder; publish into a folder (new or a copy of this sweep)")
         if destination.exists() and any(destination.iterdir()):
             published = SweepFolder(destination)
             if not published.is_sweep() or published.identity() != self.identity():

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from mnist_cnn.core.config import DEFAULT_CPUS_PER_TRIAL, ExperimentConfig, SweepConfig
-from mnist_cnn.core.errors import ConfigError, RunFolderError, TrialLostError, UserError
+from mnist_cnn.core.errors import ConfigError, RayStartError, RunFolderError, TrialLostError, UserError
 from mnist_cnn.core.text import format_duration, say
 from mnist_cnn.store.checkpoints import epochs_done
 from mnist_cnn.store.runs import RunFolder
@@ -122,6 +122,7 @@ def train_seeds(
     ``on_trial(seed)`` runs in this process as each trial ends (tracking logs it from its folder).
     """
     stream = stream or sys.stdout
+    plan = CpuPlan.of(workers, cpus_per_trial)  # Before sweep.json: a bad flag leaves no sweep behind.
     adopt_sweep_folder(sweep_config, sweep)
     pending = []
     for seed in sweep_config.seeds:
@@ -130,8 +131,15 @@ def train_seeds(
         else:
             pending.append(seed)
     if pending:
-        plan = CpuPlan.of(workers, cpus_per_trial)
         run_trials(sweep_config, sweep, pending, ray_address, plan, stream, on_trial)
+
+
+def check_sweep_options(ray_address: str | None, workers: int | None, cpus_per_trial: int | None) -> None:
+    """Where and how the trials would run, checked before anything starts or is written (Keras,
+    Ray, the sweep folder): a bad --workers, --cpus-per-trial or --ray-address is one line at once."""
+    CpuPlan.of(workers, cpus_per_trial)
+    if ray_address is not None:
+        check_reachable(ray_address)
 
 
 def adopt_sweep_folder(sweep_config: SweepConfig, sweep: SweepFolder) -> None:
@@ -178,31 +186,49 @@ def start_ray(address: str | None) -> Any:
         with stderr_kept_back():  # Ray's C++ core warns on file descriptor 2 while it retries.
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
         raise ConfigError(
-            f"cannot join the Ray cluster at {address}: {first_line}; start one with 'ray start --head' "
+            f"cannot join the Ray cluster at {address}: {first_line(error)}; start one with 'ray start --head' "
             "or leave out --ray-address to run locally"
         ) from None
     return ray
 
 
-LOCAL_RAY_TRIES = 3
+# How long a new local node has to register with its GCS: Ray's RayConfig
+# ``raylet_start_wait_time_s`` (default 30 s), which its C++ core reads from the environment.
+# On this 2-core machine, busy with other work, a local node took 24 of those 30 s (its raylet
+# 13 s to start, its agents 12 s more); twice Ray's default leaves room for a busier one.
+RAYLET_START_WAIT = "RAY_raylet_start_wait_time_s"
+LOCAL_RAY_START_WAIT_S = 60
 
 
 def start_local_ray(ray: Any, options: dict[str, Any]) -> None:
-    """A new local Ray, started again (up to LOCAL_RAY_TRIES times) when its node misses Ray's
-    start-up deadline: on a loaded 2-core machine the raylet sometimes waits out the deadline
-    for its agents ("The current node timed out during startup"; seen while other processes
-    trained on both cores), and a second start a moment later goes through."""
-    for attempt in range(1, LOCAL_RAY_TRIES + 1):
-        try:
-            ray.init(address="local", num_cpus=os.cpu_count(), **options)
-            return
-        except Exception as error:  # Ray raises a bare Exception for this one.
-            if "timed out during startup" not in str(error) or attempt == LOCAL_RAY_TRIES:
-                raise
-            ray.shutdown()
-            time.sleep(2.0 * attempt)
+    """A new local Ray whose node has LOCAL_RAY_START_WAIT_S to register (a RAY_raylet_start_wait_time_s
+    of the user's is kept); a Ray that does not start is one line (RayStartError), not a traceback.
+
+    The node's raylet also waits for its agents (Python processes) to write their ports, a fixed
+    15 s in Ray 2.60 that no setting changes: past it the raylet aborts, and ray.init() raises
+    the same "timed out during startup" once the deadline above has passed.
+    """
+    os.environ.setdefault(RAYLET_START_WAIT, str(LOCAL_RAY_START_WAIT_S))
+    ray._raylet.Config.initialize("")  # Ray's core reads the environment again, as ray.init() itself does.
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count(), **options)
+    except Exception as error:
+        # Ray raises a bare Exception when its node misses the deadline; OSError and the like when
+        # its processes cannot start or bind. Anything else is a bug (in mnist-cnn or Ray).
+        if not (type(error) is Exception or isinstance(error, (OSError, RuntimeError, ray.exceptions.RayError))):
+            raise
+        ray.shutdown()  # Whatever part of the node did start goes with it.
+        raise RayStartError(
+            f"Ray did not start on this machine: {first_line(error).rstrip('.')}; close programs that keep the "
+            "CPUs busy and run the command again, or run the sweep on a running Ray cluster with --ray-address "
+            "HOST:PORT (one that 'ray start --head' started)"
+        ) from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else error.__class__.__name__
 
 
 def resolve_address(address: str) -> str:

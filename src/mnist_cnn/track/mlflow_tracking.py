@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -73,6 +74,40 @@ def require_mlflow() -> None:
     """One line naming the install command when MLflow is missing, before anything is trained."""
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError(f"--track needs MLflow, which is not installed: {INSTALL_COMMAND}")
+
+
+def require_writable_store(settings: TrackingSettings) -> None:
+    """A SQLite store this process cannot write is one line before anything is trained (MLflow
+    would fail at its first write, mid-run). Tried for real, as SQLite and MLflow will write:
+    the database opened for writing (its contents untouched), and a file made and removed in
+    its folder, where SQLite keeps its journal and MLflow the runs' files (``mlartifacts/``).
+    The permission bits alone would not say it: root writes a file of mode 0444.
+    """
+    path = settings.sqlite_path()
+    if path is None:  # A server: one that is down costs a warning, never a result.
+        return
+    where = f"--track {settings.uri!r}"
+    name, _, query = str(path).partition("?")  # sqlite:///PATH?mode=ro&uri=true: SQLite's URI options.
+    if "mode=ro" in query.split("&"):
+        raise ConfigError(f"{where} opens the database read-only (mode=ro); MLflow must write to it")
+    path = Path(name)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{where}: {path} is not a file; give the database file's path, such as {path / 'mlflow.db'}")
+    if path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as error:
+            raise ConfigError(
+                f"{where}: cannot write {path} ({error.strerror}); make it writable or give another database file"
+            ) from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".mnist-cnn-write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{where}: cannot write in folder {path.parent} ({error.strerror}), where SQLite keeps the database's "
+            "journal; make it writable or give a database in a folder this user can write"
+        ) from None
 
 
 def param_text(value: Any) -> str:
