@@ -80,8 +80,18 @@ def read_image_file(path: Path) -> Image.Image:
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Grayscale in [0, 1]; transparent pixels count as background (drawn on white)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Grayscale in [0, 1]; transparent pixels count as background (drawn on white). A 16-bit
+    image (a PNG's I;16) keeps its range: Pillow's conversion to L clips it at 255 of 65535."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image)
+        gray = values.astype(np.float32) / np.float32(65535.0)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):
+            gray[values == transparent] = 1.0
+        return gray
+    if image.mode == "La":  # Premultiplied alpha (Pillow's, for resizing), which converts only back to LA.
+        image = image.convert("LA")
+    if image.has_transparency_data:  # An alpha band, or a PNG's or GIF's transparent colour.
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
