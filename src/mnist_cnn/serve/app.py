@@ -49,6 +49,7 @@ from mnist_cnn.core.config import POLARITIES, BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ConfigError, ImageInputError
 from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
 from mnist_cnn.predict.preprocess import (
+    IMAGE_TYPES,
     MAX_BYTES,
     digit_png,
     prepare_digit,
@@ -60,7 +61,6 @@ from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.serve.site import add_browser_routes
 from mnist_cnn.store.runs import RunFolder
 
-IMAGE_TYPES = "PNG, JPEG, BMP, GIF or WebP"
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
