@@ -106,6 +106,43 @@ def encoded(image: Image.Image, format: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_png_transparent_colour_is_paper(mode: str) -> None:
+    """A dark digit on a transparent background stored as black (a PNG's tRNS colour, not an
+    alpha band): the transparent pixels are white paper, as an RGBA image's are, not black."""
+    buffer = io.BytesIO()
+    drawn_seven(ink=60, paper=0).convert(mode).save(buffer, format="PNG", transparency=0 if mode == "L" else (0, 0, 0))
+    frame = prepare_digit(read_image_bytes(buffer.getvalue()))
+    np.testing.assert_allclose(frame, prepare_digit(drawn_seven(ink=60, paper=255)), atol=1e-5)
+
+
+def test_a_16_bit_image_keeps_its_range() -> None:
+    """A 16-bit scan (dark ink at 12,079 on paper at 59,881 of 65,535): Pillow's conversion to 8
+    bits clips both to white, and the digit was called blank."""
+    eight_bit = drawn_seven(ink=47, paper=233)
+    sixteen_bit = encoded(Image.fromarray(np.asarray(eight_bit).astype(np.uint16) * 257), "PNG")
+    assert read_image_bytes(sixteen_bit).mode == "I;16"
+    np.testing.assert_allclose(prepare_digit(read_image_bytes(sixteen_bit)), prepare_digit(eight_bit), atol=1e-5)
+
+
+MODES = ["I", "F", "I;16", "I;16B", "I;16L", "La", "RGBa", "RGBX", "YCbCr", "HSV", "PA", "LA", "1"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_is_prepared(mode: str) -> None:
+    """Images made in code (not decoded) in any mode Pillow converts, premultiplied ones too."""
+    digit = drawn_seven()
+    if mode.startswith("I;16"):  # From the bytes: Pillow's conversions between 16-bit modes clip at 255.
+        pixels = np.asarray(digit).astype(">u2" if mode == "I;16B" else "<u2") * 257
+        image = Image.frombytes(mode, digit.size, pixels.tobytes())
+    elif mode in ("La", "RGBa"):
+        image = digit.convert(mode[:-1] + "A").convert(mode)
+    else:
+        image = digit.convert(mode)
+    frame = prepare_digit(image)
+    np.testing.assert_allclose(frame, prepare_digit(digit), atol=0.02)
+
+
 @pytest.mark.parametrize("format", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])
 def test_common_formats_decode(format: str) -> None:
     frame = prepare_digit(read_image_bytes(encoded(drawn_seven(), format), f"seven.{format.lower()}"))

@@ -128,7 +128,7 @@ def test_a_drawing_that_says_its_polarity_is_not_guessed(server: str) -> None:
     ("body", "status", "message"),
     [
         (b"", 400, "empty request body"),
-        (b"%PDF-1.4 not an image", 422, "not a readable image"),
+        (b"%PDF-1.4 not an image", 422, "PDF images are not read; use a PNG, JPEG, BMP, GIF or WebP file"),
         (None, 422, "blank"),
         (b"\x00" * (10 * 1024 * 1024 + 1), 413, "10 MB limit"),
     ],
@@ -570,7 +570,7 @@ def test_the_page_on_a_laptop_tap_stroke_upload_and_a_bad_upload(server: str, tm
         beside = page.locator('[data-model="Model_B"] h2').bounding_box()  # A long message wraps under the pad.
         page.screenshot(path=str(tmp_path / "bad-upload.png"))
         browser.close()
-    assert error.startswith("notes.pdf: not a readable image"), error
+    assert error.startswith("notes.pdf: PDF images are not read"), error
     assert "Error" not in error and "upload:" not in error
     assert answers == ["", ""] and pad["max"] == 0 and not seen_visible
     assert beside["y"] < 200, beside

@@ -13,20 +13,49 @@ import functools
 import importlib
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+# FORMATS' plugins register with Image.open as they are imported (else Image.open would import
+# every plugin Pillow has, Image.init, the first time it is asked for WebP).
+from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 from scipy import ndimage
 from scipy.linalg import lapack
 
 from mnist_cnn.core.config import POLARITIES
 from mnist_cnn.core.errors import ImageInputError
 
+# The formats read, as Pillow names them (the only plugins Image.open may try) and as people
+# know them. No TIFF, EPS, PDF, PSD, SPIDER or any other: a digit comes as none of them, and
+# Pillow's other plugins are where untrusted bytes reach odd code (EPS runs Ghostscript when a
+# ``gs`` is on PATH; PSD and SPIDER failed with EOFError).
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WebP"}
+IMAGE_TYPES = ", ".join(list(FORMATS.values())[:-1]) + " or " + list(FORMATS.values())[-1]
+# Well-known formats that are not read, by their first bytes: named in the refusal, so that a
+# TIFF scan or an iPhone's HEIC photo is not called damaged.
+FOREIGN_SIGNATURES = {
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"%PDF": "PDF",
+    b"%!PS": "PostScript (EPS)",
+    b"\xc5\xd0\xd3\xc6": "PostScript (EPS)",
+    b"8BPS": "Photoshop (PSD)",
+}
+FOREIGN_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}  # An ISO media file's "ftyp".
+
+# Limits on what an image may cost to read (read_image_bytes), chosen from measurements (below).
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 20_000_000
+MAX_SIDE = 10_000  # Pixels, each of width and height: a 12 MP photo is 4000x3000.
+MAX_PNG_CHUNKS = 20_000  # Pillow reads a PNG chunk by chunk in Python, about 5 us each.
+MAX_JPEG_STEPS = 10_000  # Segments (and stray bytes) before a JPEG's image data: Pillow's parser, 2 us each.
+MAX_JPEG_SCANS = 100  # Each scan of a progressive JPEG is a pass over the whole image (encoders write 6 to 10).
+MAX_GIF_STEPS = 10_000  # Extension blocks (and stray bytes) before a GIF's first image: Pillow's parser.
+MAX_RLE_PIXELS = 1_000_000  # A run-length compressed BMP: Pillow's decoder is Python (holding the GIL), 0.4 us a pixel.
 DIGIT_BOX = 20
 FRAME = 28
 INK_THRESHOLD = 0.2  # Fraction of the image's ink range above which a pixel counts as ink.
@@ -37,34 +66,167 @@ EDGE_STROKE_CONTRAST = 0.1  # An edge pixel this much brighter than the paper ju
 SPECKLE_SIDE = 64  # From this size (shorter side) up, a lone strong pixel is noise, not a stroke.
 BLANK_INK = 0.15  # An image whose strongest ink is weaker than this is blank.
 
+# Pillow warns when it opens an image of over Image.MAX_IMAGE_PIXELS (89 megapixels); every such
+# image is refused here with its own sentence (MAX_PIXELS), and the warning would only add a
+# second, technical line to it.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def read_image_bytes(content: bytes, name: str = "image") -> Image.Image:
-    """Decode PNG, JPEG, BMP, GIF (first frame), WebP... with size caps; errors name ``name``."""
+    """Decode an image file's bytes: one of FORMATS (GIF, WebP and APNG: the first frame) within
+    the limits above, or an ImageInputError, one sentence that names ``name``.
+
+    The bytes may be anyone's (the server's uploads): only FORMATS' decoders see them; width,
+    height and pixels are checked from the header, before anything is decoded; a PNG, JPEG or
+    GIF whose structure would keep the parser busy is refused first (``check_structure``); and
+    whatever a decoder raises on damaged bytes (EOFError, struct.error, IndexError,
+    MemoryError...) becomes the sentence. A JPEG of over twice WORKING_SIDE is decoded at 1/2 to
+    1/8 of its size (Image.draft: libjpeg scales as it decodes), never below WORKING_SIDE on its
+    longer side, which is all prepare_digit keeps of any image.
+
+    The budget, measured on the dearest image of each format within the limits (20 megapixels
+    or 10 MB) on the 2-core AMD EPYC: decoding and preparing one costs at most about 1.3 s of a
+    core and 320 MB. A 16-bit RGBA PNG 1.3 s and 160 MB (an 8-bit one 1.0 s); a WebP 1.1 s and
+    315 MB (libwebp's two canvases and Pillow's copies); a progressive JPEG 0.6 s and 155 MB (its
+    coefficients), a baseline one 0.15 s and 10 MB; a GIF or BMP 0.2 s and 30 MB; a run-length
+    BMP 0.3 s. Pillow lets go of the GIL as it decodes (except a run-length BMP's), so the
+    server's two preparing threads work side by side: two of the dearest at once take 1.5 s and
+    650 MB, and a request behind ten of them is still answered within the 10 s timeout. (Before
+    these limits, one 19,999,999 x 1 PNG took 3.5 to 3.9 s and 1 GB here, resampling coefficients
+    for a 20-million-pixel row, and one 460 KB JPEG of 10,000 scans 17 s.)
+    """
     if not content:
-        raise ImageInputError(f"{name}: empty file, expected an image (PNG, JPEG, BMP, GIF or WebP)")
+        raise ImageInputError(f"{name}: empty file, expected an image ({IMAGE_TYPES})")
     if len(content) > MAX_BYTES:
         raise ImageInputError(
             f"{name}: {len(content) / 2**20:.1f} MB is over the {MAX_BYTES // 2**20} MB limit; use a smaller image"
         )
+    foreign = foreign_format(content)
+    if foreign is not None:
+        raise ImageInputError(f"{name}: {foreign} images are not read; use a {IMAGE_TYPES} file")
+    check_structure(content, name)
+    unreadable = f"{name}: not a readable image (the file is damaged or is not a picture); use a {IMAGE_TYPES} file"
     try:
-        image = Image.open(io.BytesIO(content))
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageInputError(
-                f"{name}: {image.width}x{image.height} is over the {MAX_PIXELS // 1_000_000} megapixel limit; "
-                "use a smaller image"
-            )
-        image.seek(0)  # GIF and other animations: the first frame.
-        image.load()
-    except ImageInputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        image = Image.open(io.BytesIO(content), formats=list(FORMATS))
+    except Image.DecompressionBombError:  # Over twice Image.MAX_IMAGE_PIXELS: Pillow refuses it as it opens.
         raise ImageInputError(
-            f"{name}: not a readable image (the file is damaged or is not a picture); "
-            "use a PNG, JPEG, BMP, GIF or WebP file"
+            f"{name}: the image is over the {MAX_PIXELS // 1_000_000} megapixel limit; use a smaller image"
         ) from None
-    if image.width == 0 or image.height == 0:
-        raise ImageInputError(f"{name}: image has no pixels")
+    except Exception:  # UnidentifiedImageError, or what a plugin's header parser raised.
+        raise ImageInputError(unreadable) from None
+    check_size(image, name)
+    try:
+        if image.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture.
+            image.draft(None, _fit(image.size[::-1], WORKING_SIDE))
+        image.load()
+    except Exception:
+        raise ImageInputError(unreadable) from None
     return image
+
+
+def check_size(image: Image.Image, name: str = "image") -> None:
+    """An ImageInputError for an opened (not yet decoded) image of no pixels, over MAX_SIDE or
+    MAX_PIXELS, or a run-length compressed BMP over MAX_RLE_PIXELS."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageInputError(f"{name}: image has no pixels")
+    if width * height > MAX_PIXELS:
+        raise ImageInputError(
+            f"{name}: {width}x{height} is over the {MAX_PIXELS // 1_000_000} megapixel limit; use a smaller image"
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageInputError(
+            f"{name}: {width}x{height} is over the limit of {MAX_SIDE:,} pixels a side; use a smaller image"
+        )
+    if image.format == "BMP" and image.info.get("compression") in (1, 2) and width * height > MAX_RLE_PIXELS:
+        raise ImageInputError(
+            f"{name}: {width}x{height} is over the {MAX_RLE_PIXELS / 1e6:g} megapixel limit of a run-length "
+            "compressed BMP; save the image again as a PNG or an uncompressed BMP"
+        )
+
+
+def foreign_format(content: bytes) -> str | None:
+    """The name of a well-known format that is not read (TIFF, PDF, HEIC...), from its first bytes."""
+    for signature, kind in FOREIGN_SIGNATURES.items():
+        if content.startswith(signature):
+            return kind
+    if content[4:8] == b"ftyp":
+        return FOREIGN_BRANDS.get(content[8:12])
+    return None
+
+
+def check_structure(content: bytes, name: str = "image") -> None:
+    """An ImageInputError for a PNG, JPEG or GIF built to keep its reader busy: Pillow walks a
+    PNG's chunks, a JPEG's segments and a GIF's blocks in Python, holding the GIL (10 MB of empty
+    chunks took it 4 s here, of empty comments 5 s, of one-byte GIF blocks 1.1 s and 440 MB),
+    and libjpeg reads each scan of a progressive JPEG over the whole image (10,000 scans of 30
+    bytes over 20 megapixels took 15 s). Counted here up to the limits, in a few ms; anything
+    else wrong with the bytes is left to the decoder."""
+    again = "save the image again as a plain PNG or JPEG"
+    if content.startswith(PNG_SIGNATURE):
+        if png_chunks(content) > MAX_PNG_CHUNKS:
+            raise ImageInputError(f"{name}: the PNG has over {MAX_PNG_CHUNKS:,} chunks; {again}")
+    elif content.startswith(b"\xff\xd8\xff"):
+        steps, scans = jpeg_structure(content)
+        if steps > MAX_JPEG_STEPS:
+            raise ImageInputError(f"{name}: the JPEG has over {MAX_JPEG_STEPS:,} segments before its image; {again}")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageInputError(f"{name}: the JPEG has {scans:,} scans, at most {MAX_JPEG_SCANS} are read; {again}")
+    elif content.startswith((b"GIF87a", b"GIF89a")) and gif_steps(content) > MAX_GIF_STEPS:
+        raise ImageInputError(f"{name}: the GIF has over {MAX_GIF_STEPS:,} blocks before its image; {again}")
+
+
+def png_chunks(content: bytes) -> int:
+    """How many chunks a PNG has up to its IEND (where Pillow stops), counted up to MAX_PNG_CHUNKS + 1."""
+    position, count = len(PNG_SIGNATURE), 0
+    while position + 8 <= len(content) and count <= MAX_PNG_CHUNKS:
+        length, kind = struct.unpack_from(">I4s", content, position)
+        count += 1
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return count
+
+
+def jpeg_structure(content: bytes) -> tuple[int, int]:
+    """(steps, scans) of a JPEG: the steps Pillow's parser takes before the first scan (one a
+    segment, a fill byte or a stray byte), counted up to MAX_JPEG_STEPS + 1; and the scans (SOS
+    markers) from there on. Entropy-coded data never holds the bytes 0xFF 0xDA (a 0xFF in it is
+    followed by 0x00 or a restart marker's 0xD0-0xD7), so counting them counts the scans."""
+    position, steps = 2, 0  # After the start-of-image marker.
+    while position + 1 < len(content) and steps <= MAX_JPEG_STEPS:
+        steps += 1
+        marker = content[position + 1]
+        if content[position] != 0xFF or marker in (0x00, 0xFF):
+            position += 1  # A stray or fill byte, which Pillow's parser skips one at a time.
+        elif marker == 0xDA:  # Start of scan: the header is over.
+            return steps, content.count(b"\xff\xda", position)
+        elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # RSTn, SOI, EOI, TEM: markers without a length.
+            position += 2
+        else:
+            position += 2 + int.from_bytes(content[position + 2 : position + 4], "big")
+    return steps, 0
+
+
+def gif_steps(content: bytes) -> int:
+    """The steps Pillow's GIF parser takes before the first image (one an extension's block, or a
+    stray byte), counted up to MAX_GIF_STEPS + 1."""
+    flags = content[10] if len(content) > 10 else 0
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # After the header and global palette.
+    steps = 0
+    while position < len(content) and steps <= MAX_GIF_STEPS:
+        steps += 1
+        introducer = content[position]
+        if introducer in (0x2C, 0x3B):  # The first image, or the end of the file.
+            break
+        position += 1 if introducer != 0x21 else 2  # A stray byte, or an extension and its label.
+        while introducer == 0x21 and position < len(content) and steps <= MAX_GIF_STEPS:
+            steps += 1
+            size = content[position]
+            position += 1 + size
+            if size == 0:  # The extension's last block.
+                break
+    return steps
 
 
 def read_image_file(path: Path) -> Image.Image:
@@ -80,8 +242,18 @@ def read_image_file(path: Path) -> Image.Image:
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Grayscale in [0, 1]; transparent pixels count as background (drawn on white)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """Grayscale in [0, 1]; transparent pixels count as background (drawn on white). A 16-bit
+    image (a PNG's I;16) keeps its range: Pillow's conversion to L clips it at 255 of 65535."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image)
+        gray = values.astype(np.float32) / np.float32(65535.0)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):
+            gray[values == transparent] = 1.0
+        return gray
+    if image.mode == "La":  # Premultiplied alpha (Pillow's, for resizing), which converts only back to LA.
+        image = image.convert("LA")
+    if image.has_transparency_data:  # An alpha band, or a PNG's or GIF's transparent colour.
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)

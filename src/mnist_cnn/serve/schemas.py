@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
-from mnist_cnn.predict.preprocess import MAX_BYTES
+from mnist_cnn.predict.preprocess import IMAGE_TYPES, MAX_BYTES, MAX_PIXELS, MAX_SIDE
 
-IMAGE_TYPES = "PNG, JPEG, BMP, GIF or WebP"
 RETRY_AFTER_SECONDS = 1
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
-        "description": f"The image ({IMAGE_TYPES}, at most 10 MB): the file itself as the request body, "
+        "description": f"The image ({IMAGE_TYPES}, at most {MAX_BYTES // 2**20} MB, "
+        f"{MAX_PIXELS // 1_000_000} megapixels and {MAX_SIDE:,} pixels a side): the file itself as the request body, "
         "or a multipart/form-data upload with the file in the field 'image'.",
         "content": {
             "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -64,7 +64,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": Prediction, "description": "every model's answer"},
     400: error_response("no image: an empty body, an empty file, or a form without a file"),
     413: error_response(f"the upload is over the {MAX_BYTES // 2**20} MB limit"),
-    422: error_response("not a readable image, over the pixel limit, or blank (no ink found)"),
+    422: error_response("not a readable image, a format not read, over the pixel limits, or blank (no ink found)"),
     503: error_response(
         "the server is busy (its queue is full): try again after Retry-After seconds", headers=RETRY_AFTER_HEADER
     ),
