@@ -176,7 +176,7 @@ def test_sigterm_under_32_clients_answers_every_accepted_request_then_exits(onnx
     assert drain["answered_before_signal"] > 0
     assert drain["resets"] == 0, drain["errors"]
     assert drain["other_statuses"] == 0 and drain["exit_code"] == 0 and not drain["traceback"], drain
-    assert drain["exit_after_s"] < HttpLimits().drain_s + 2, drain
+    assert drain["exit_after_s"] < HttpLimits().drain_s + 5, drain  # The drain, then the process ends.
 
 
 def worker_pids(supervisor: int) -> set[int]:

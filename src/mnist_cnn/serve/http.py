@@ -16,19 +16,25 @@ hundred such clients hold a server's sockets and memory while sending almost not
 - past ``max_connections`` open connections, a new one is answered 503 and closed.
 
 On shutdown (SIGTERM, Ctrl-C) uvicorn stops accepting, lets every request in progress finish
-and closes idle connections. A connection that was accepted but had not yet been read (its
-request in flight, or in the kernel's buffer) would be reset by that close: here it gets
+and closes idle connections. Two kinds of connection would be reset by that: one the kernel
+had accepted but the server had not taken yet (closing the listening socket resets the whole
+queue), and one taken but not yet read (its request in the socket). ``DrainingServer`` takes
+the kernel's queue before it closes the listener, and each such connection gets
 ``shutdown_grace_s`` to send its request, which is answered with ``Connection: close``.
 ``drain_s`` bounds the whole drain (uvicorn's ``timeout_graceful_shutdown``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import os
+import socket
 from typing import Any
 
 import httptools
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mnist_cnn.core.config import HttpLimits
@@ -234,3 +240,36 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.grace_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on shutdown first takes every connection the kernel has accepted
+    on its listening sockets: closing a listener resets the connections still in its queue, and
+    under load (the event loop behind its sockets) that queue holds requests at any moment."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.take_queued_connections()
+        await super().shutdown(sockets)
+
+    async def take_queued_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        taken = []
+        for server in getattr(self, "servers", []):
+            for listener in server.sockets or ():
+                with socket.socket(fileno=os.dup(listener.fileno())) as queue:
+                    queue.setblocking(False)
+                    for _ in range(config.backlog):  # The queue holds at most this many.
+                        try:
+                            connection, _ = queue.accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        taken.append(loop.connect_accepted_socket(protocol, connection))
+        if taken:
+            await asyncio.gather(*taken, return_exceptions=True)

@@ -5,6 +5,7 @@ and SIGTERM drains: what was accepted is answered before the process exits."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -20,7 +21,7 @@ from uvicorn.supervisors import multiprocess
 from mnist_cnn.core.config import BatchingSettings, HttpLimits, ServerSettings
 from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.predict.inference import check_onnxruntime
-from mnist_cnn.serve.http import uvicorn_options
+from mnist_cnn.serve.http import DrainingServer, uvicorn_options
 from mnist_cnn.store.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -55,7 +56,13 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
     )
     options = server_options(server.limits)
     if workers == 1:
-        uvicorn.run(create_app(run_dir, settings, server.runtime), host=host, port=port, **options)
+        app = create_app(run_dir, settings, server.runtime)
+        instance = DrainingServer(uvicorn.Config(app, host=host, port=port, **options))
+        # As uvicorn.run: once drained, uvicorn hands the signal that stopped it on (Ctrl-C, SIGTERM).
+        with contextlib.suppress(KeyboardInterrupt):
+            instance.run()
+        if not instance.started:
+            sys.exit(STARTUP_FAILURE)
         return
     compile_preparation(in_own_process=True)  # Once, here: every worker then loads it from numba's cache.
     settings = settings or BatchingSettings()
@@ -174,3 +181,10 @@ class OwnSocketProcess(multiprocess.Process):
             print(f"mnist-cnn: cannot listen on {where} ({error.strerror}): choose another --port", file=sys.stderr)
             sys.exit(STARTUP_FAILURE)
         super().target([listener])
+
+    @property
+    def server(self) -> DrainingServer:
+        """The worker's server: uvicorn's, taking its queued connections before it closes (http.py)."""
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
