@@ -306,3 +306,13 @@ def test_predict_takes_the_polarity_it_is_told(smoke_run: Path, tmp_path: Path) 
     )
     refused = cli("predict", smoke_run, drawing, "--polarity", "white")
     assert refused.returncode == 2 and "invalid choice: 'white'" in refused.stderr
+
+
+def test_a_damaged_run_config_names_its_file_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    for arguments in (["evaluate", run], ["experiment", "--resume", run]):
+        result = cli(*arguments)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.count(str(run / "config.json")) == 1, result.stderr

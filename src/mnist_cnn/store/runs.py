@@ -354,8 +354,9 @@ class RunFolder:
 
     def config(self) -> ExperimentConfig:
         """The config this run was made with."""
+        record = self.read_record()  # Its errors name config.json already.
         try:
-            return ExperimentConfig.from_dict(self.read_record()["config"])
+            return ExperimentConfig.from_dict(record["config"])
         except UserError as error:
             raise RunFolderError(f"{self.config_path}: {error}") from None
         except TypeError as error:  # A setting of the wrong type: the dataclass refuses it.
