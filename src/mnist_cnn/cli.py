@@ -68,7 +68,8 @@ def add_models_flag(parser: argparse.ArgumentParser) -> None:
         "--models",
         type=model_keys,
         default=ExperimentConfig().models,
-        help=f"models to train, comma-separated, from {', '.join(MODEL_VARIANTS)} (default: A,B)",
+        help=f"models to train, comma-separated: the built-in {', '.join(MODEL_VARIANTS)}, or variants defined with "
+        "--variants FILE or --variant (mnist-cnn variants lists them) (default: A,B)",
     )
 
 
@@ -164,8 +165,9 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
         default=TRACK_DEFAULT if required else None,
         metavar="URI",
         help="also log into MLflow: sqlite:///PATH.db or http://HOST:PORT of a tracking server; a bare --track "
-        f"means $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} (default: "
-        f"{'that' if required else 'off'})",
+        f"means $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} (the file {TrackingSettings().sqlite_path()} in the "
+        "current folder); the runs go into the MLflow experiment --track-experiment names, shown by "
+        f"'mlflow ui --backend-store-uri URI' (default: {'that' if required else 'off'})",
     )
     parser.add_argument(
         "--track-experiment",
@@ -218,7 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one model into a run folder (experiment --models X)")
     train.add_argument(
-        "--model", dest="models", type=model_keys, required=True, help=f"one of {', '.join(MODEL_VARIANTS)}"
+        "--model",
+        dest="models",
+        type=model_keys,
+        required=True,
+        metavar="KEY",
+        help=f"the model to train: the built-in {', '.join(MODEL_VARIANTS)}, or a variant defined with --variants FILE "
+        "or --variant (mnist-cnn variants lists them)",
     )
     train.set_defaults(resume=None)
     add_training_flags(train)
@@ -319,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runtime",
         default=ServerSettings().runtime,
+        metavar="{" + ",".join(SERVE_RUNTIMES) + "}",  # Listed as argparse lists choices; ServerSettings checks.
         help=f"what answers: {' or '.join(SERVE_RUNTIMES)} (onnxruntime on the run's exports, made by "
         "'mnist-cnn export RUN_DIR --format onnx') (default: %(default)s)",
     )
