@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-faults \
+.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-faults bench-cli \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -124,6 +124,11 @@ bench-faults: $(DEV)
 		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
 	[ -f $(SERVE_RUN)/exports/onnx/manifest.json ] || $(BIN)/mnist-cnn export $(SERVE_RUN) --format onnx
 	$(BIN)/python bench/faults.py $(SERVE_RUN) --out docs/faults-bench.json $(ARGS)
+
+## How long a typo takes to be refused: ~27 bad flags, paths and ports, each a new mnist-cnn process
+## (exit code and seconds each, the max and median; every one is checked before Keras loads).
+bench-cli: $(DEV)
+	$(BIN)/python bench/cli_refusals.py $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
 ## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs

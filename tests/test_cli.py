@@ -306,3 +306,39 @@ def test_predict_takes_the_polarity_it_is_told(smoke_run: Path, tmp_path: Path) 
     )
     refused = cli("predict", smoke_run, drawing, "--polarity", "white")
     assert refused.returncode == 2 and "invalid choice: 'white'" in refused.stderr
+
+
+def flag_help(monkeypatch: pytest.MonkeyPatch, command: str, flag: str) -> str:
+    """What ``mnist-cnn COMMAND --help`` says of ``flag``, on one line (a wide terminal: no wrapping)."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    text = cli(command, "--help").stdout
+    start = text.index(f"\n  {flag} ")
+    return " ".join(text[start : text.find("\n  -", start + 1)].split())
+
+
+def test_the_help_of_model_flags_says_variants_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for command, flag in (("train", "--model"), ("experiment", "--models"), ("compare", "--models")):
+        said = flag_help(monkeypatch, command, flag)
+        assert "one of" not in said and "A, B" in said and "--variants FILE or --variant" in said, (command, said)
+
+
+def test_the_serve_help_lists_the_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_cnn.core.config import SERVE_RUNTIMES
+
+    assert flag_help(monkeypatch, "serve", "--runtime").startswith("--runtime {" + ",".join(SERVE_RUNTIMES) + "}")
+
+
+def test_the_track_help_says_where_it_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for command in ("experiment", "compare", "track"):
+        said = flag_help(monkeypatch, command, "--track")
+        assert "mlflow.db in the current folder" in said and "mlflow ui --backend-store-uri" in said, said
+
+
+def test_a_damaged_run_config_names_its_file_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    for arguments in (["evaluate", run], ["experiment", "--resume", run]):
+        result = cli(*arguments)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.count(str(run / "config.json")) == 1, result.stderr

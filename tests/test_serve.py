@@ -629,7 +629,7 @@ def test_openapi_declares_every_error_answer_with_its_body(server: str) -> None:
 
 
 def test_serve_on_a_taken_port_says_so_in_one_line_and_exits_2(smoke_run: Path) -> None:
-    from mnist_cnn.serve.process import check_address_free
+    from mnist_cnn.serve.preflight import check_address_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

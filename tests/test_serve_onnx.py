@@ -211,7 +211,7 @@ def test_an_unknown_runtime_is_one_line_and_the_help_states_the_default(smoke_ru
     line = one_line_error("serve", smoke_run, "--runtime", "tflite", "--port", free_port())
     assert "unknown runtime 'tflite'" in line and "jax or onnx" in line
     help_text = " ".join(cli("serve", "--help").stdout.split())
-    assert "--runtime RUNTIME" in help_text and "(default: jax)" in help_text
+    assert "--runtime {jax,onnx}" in help_text and "(default: jax)" in help_text
 
 
 def test_requests_being_decoded_count_against_the_queue(onnx_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,8 @@ def add_models_flag(parser: argparse.ArgumentParser) -> None:
         "--models",
         type=model_keys,
         default=ExperimentConfig().models,
-        help=f"models to train, comma-separated, from {', '.join(MODEL_VARIANTS)} (default: A,B)",
+        help=f"models to train, comma-separated: the built-in {', '.join(MODEL_VARIANTS)}, or variants defined with "
+        "--variants FILE or --variant (mnist-cnn variants lists them) (default: A,B)",
     )
 
 
@@ -164,8 +165,9 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
         default=TRACK_DEFAULT if required else None,
         metavar="URI",
         help="also log into MLflow: sqlite:///PATH.db or http://HOST:PORT of a tracking server; a bare --track "
-        f"means $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} (default: "
-        f"{'that' if required else 'off'})",
+        f"means $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI} (the file {TrackingSettings().sqlite_path()} in the "
+        "current folder); the runs go into the MLflow experiment --track-experiment names, shown by "
+        f"'mlflow ui --backend-store-uri URI' (default: {'that' if required else 'off'})",
     )
     parser.add_argument(
         "--track-experiment",
@@ -218,7 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one model into a run folder (experiment --models X)")
     train.add_argument(
-        "--model", dest="models", type=model_keys, required=True, help=f"one of {', '.join(MODEL_VARIANTS)}"
+        "--model",
+        dest="models",
+        type=model_keys,
+        required=True,
+        metavar="KEY",
+        help=f"the model to train: the built-in {', '.join(MODEL_VARIANTS)}, or a variant defined with --variants FILE "
+        "or --variant (mnist-cnn variants lists them)",
     )
     train.set_defaults(resume=None)
     add_training_flags(train)
@@ -319,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--runtime",
         default=ServerSettings().runtime,
+        metavar="{" + ",".join(SERVE_RUNTIMES) + "}",  # Listed as argparse lists choices; ServerSettings checks.
         help=f"what answers: {' or '.join(SERVE_RUNTIMES)} (onnxruntime on the run's exports, made by "
         "'mnist-cnn export RUN_DIR --format onnx') (default: %(default)s)",
     )
@@ -468,10 +477,13 @@ def sweep_config_from_args(args: argparse.Namespace, backend: str | None) -> Swe
 def check_compare_flags(args: argparse.Namespace) -> None:
     """Every value compare refuses, checked before Keras is imported and Ray started (seconds
     each, and processes to end) and before a folder is made: a bad one is one line at once."""
+    from mnist_cnn.store.sweeps import SweepFolder
     from mnist_cnn.sweep.trials import check_sweep_options
 
     if args.resume is None:
         sweep_config_from_args(args, backend=None)
+    else:
+        SweepConfig.from_json(SweepFolder.existing(args.resume).read_settings())
     check_sweep_options(args.ray_address, args.workers, args.cpus_per_trial)
     tracking_from_args(args)
 
@@ -640,17 +652,27 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+# Commands that load no Keras model: no backend to choose, and no Keras, JAX or TensorFlow imported.
+COMMANDS_WITHOUT_KERAS = ("variants", "publish")
+
+
 def runs_without_keras(args: argparse.Namespace) -> bool:
-    """``serve --runtime onnx`` loads no Keras model: no backend to choose, and no TensorFlow
-    imported (hundreds of MiB the ONNX server would carry for nothing)."""
-    return args.command == "serve" and args.runtime == "onnx"
+    """Commands that read only files (variants, publish), and ``serve --runtime onnx``, load no
+    Keras model: no backend to choose, and no TensorFlow imported (hundreds of MiB the ONNX server
+    would carry for nothing)."""
+    return args.command in COMMANDS_WITHOUT_KERAS or (args.command == "serve" and args.runtime == "onnx")
+
+
+def server_settings_from_args(args: argparse.Namespace) -> tuple[ServerSettings, BatchingSettings]:
+    server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
+    settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
+    return server, settings
 
 
 def command_serve(args: argparse.Namespace, backend: str | None) -> int:
     from mnist_cnn.serve.process import serve
 
-    server = ServerSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime)
-    settings = BatchingSettings(max_batch=args.max_batch, window_ms=args.batch_window_ms, queue_size=args.queue_size)
+    server, settings = server_settings_from_args(args)
     serve(args.run_dir, server, settings)
     return 0
 
@@ -669,6 +691,86 @@ def command_export_web(args: argparse.Namespace) -> int:
     print(f"mnist-cnn: wrote the page and its models to {out}")
     print(f"Try it: python -m http.server --directory {out} --bind 127.0.0.1 8000, then open http://127.0.0.1:8000/")
     return 0
+
+
+# ---------------------------------------------------------------- checked before the backend
+# Each command's flags, paths, files and port, checked before select_backend imports Keras, JAX
+# and TensorFlow (and before Ray or numba load, or anything is written): a typo is one line in
+# about a second, not after 15 to 90 s of imports. The rules themselves live once, in the config
+# dataclasses (core.config) and the folders' own checks (store): these functions only build them.
+
+
+def check_experiment_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.store.runs import RunFolder
+
+    if args.resume is not None:
+        RunFolder.existing(args.resume).config()
+    else:
+        config_from_args(args, backend=None)
+    tracking_from_args(args)
+
+
+def check_variants_flags(args: argparse.Namespace) -> None:
+    gather_variants(args.variant_files, args.inline_variants)
+
+
+def check_track_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.store.sweeps import existing_run_or_sweep
+
+    for path in args.paths:
+        existing_run_or_sweep(path)
+    tracking_from_args(args)
+
+
+def check_publish_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.store.sweeps import SweepFolder
+
+    SweepFolder.existing(args.sweep_dir)
+
+
+def check_report_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.store.sweeps import existing_run_or_sweep
+
+    existing_run_or_sweep(args.path)
+
+
+def check_run_with_models(args: argparse.Namespace) -> None:
+    """evaluate and predict: a run folder with at least one trained model."""
+    from mnist_cnn.store.runs import RunFolder
+
+    RunFolder.existing(args.run_dir).trained_model_folders()
+
+
+def check_serve_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.serve.preflight import check_serve
+
+    server, _ = server_settings_from_args(args)
+    check_serve(args.run_dir, server)
+
+
+def check_export_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.export.plan import plan_export
+    from mnist_cnn.store.runs import RunFolder
+
+    if args.format == "web":
+        RunFolder.existing(args.run_dir).trained_model_folders()
+    else:
+        plan_export(args.run_dir, args.format, args.models, args.out)
+
+
+PRECHECKS: dict[str, Any] = {
+    "experiment": check_experiment_flags,
+    "train": check_experiment_flags,
+    "compare": check_compare_flags,
+    "track": check_track_flags,
+    "publish": check_publish_flags,
+    "report": check_report_flags,
+    "variants": check_variants_flags,
+    "evaluate": check_run_with_models,
+    "predict": check_run_with_models,
+    "serve": check_serve_flags,
+    "export": check_export_flags,
+}
 
 
 COMMANDS: dict[str, Any] = {
@@ -697,10 +799,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
+        PRECHECKS[args.command](args)  # Every value, path and port: one line now, not after Keras loads.
         if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
-        if args.command == "compare":
-            check_compare_flags(args)
         backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import socket
@@ -19,10 +18,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
 from mnist_cnn.core.config import BatchingSettings, HttpLimits, ServerSettings
-from mnist_cnn.core.errors import ConfigError
-from mnist_cnn.predict.inference import check_onnxruntime
 from mnist_cnn.serve.http import DrainingServer, uvicorn_options
-from mnist_cnn.store.runs import RunFolder
+from mnist_cnn.serve.preflight import address_family, check_serve
 
 if TYPE_CHECKING:
     import uvicorn
@@ -44,12 +41,7 @@ def serve(run_dir: Path, server: ServerSettings | None = None, settings: Batchin
 
     server = server or ServerSettings()
     host, port, workers = server.host, server.port, server.workers
-    run = RunFolder.existing(run_dir)
-    run.trained_model_folders()  # A bad folder fails here, in one line, not in each worker.
-    if server.runtime == "onnx":  # So do a missing onnxruntime and missing exports.
-        check_onnxruntime()
-        run.onnx_exports()
-    check_address_free(host, port)  # Announce no server that cannot be there.
+    check_serve(run_dir, server)  # The folder, its models and the port: one line each, before anything starts.
     print(
         f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops",
         flush=True,
@@ -97,38 +89,6 @@ def app_from_environment() -> FastAPI:
     settings = json.loads(os.environ[SERVE_ENVIRONMENT])
     run_dir, runtime = Path(settings.pop("run_dir")), settings.pop("runtime")
     return create_app(run_dir, BatchingSettings(**settings), runtime)
-
-
-def address_family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def check_address_free(host: str, port: int) -> None:
-    """Bind ``host:port`` as uvicorn will (SO_REUSEADDR), then let go: a taken port is one
-    clear line before anything is announced, not uvicorn's errno after the models load."""
-    family = address_family(host)
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except socket.gaierror:
-        raise ConfigError(f"cannot listen on {host}: no such address; choose another with --host") from None
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"port {port} on {host} is already in use: stop what uses it or choose another with --port"
-            ) from None
-        if error.errno == errno.EACCES:
-            raise ConfigError(
-                f"port {port} on {host} needs administrator rights (ports below 1024 do): choose another with --port"
-            ) from None
-        if error.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError(
-                f"{host} is not an address of this machine: choose another with --host (127.0.0.1 or 0.0.0.0)"
-            ) from None
-        raise ConfigError(
-            f"cannot listen on {host} port {port} ({error.strerror}): choose another with --port"
-        ) from None
 
 
 # Linux spreads the connections to one port over the sockets that listen on it with

@@ -38,7 +38,6 @@ from mnist_cnn.core.results import (
     PredictionsOnTestImages,
     history_row,
 )
-from mnist_cnn.predict.inference import OnnxModelFile
 from mnist_cnn.store.layout import (
     CHECKPOINT_FILE,
     COMPARISON_FIGURE,
@@ -64,6 +63,8 @@ from mnist_cnn.store.lock import RunLock
 
 if TYPE_CHECKING:
     import keras
+
+    from mnist_cnn.predict.inference import OnnxModelFile
 
 
 def fresh_path(root: Path, prefix: str) -> Path:
@@ -354,8 +355,9 @@ class RunFolder:
 
     def config(self) -> ExperimentConfig:
         """The config this run was made with."""
+        record = self.read_record()  # Its errors name config.json already.
         try:
-            return ExperimentConfig.from_dict(self.read_record()["config"])
+            return ExperimentConfig.from_dict(record["config"])
         except UserError as error:
             raise RunFolderError(f"{self.config_path}: {error}") from None
         except TypeError as error:  # A setting of the wrong type: the dataclass refuses it.
@@ -419,6 +421,8 @@ class RunFolder:
     def onnx_exports(self) -> dict[str, OnnxModelFile]:
         """Every trained model's ONNX export, by name, with the input and output names its
         manifest records; one line naming the export command when any is missing or stale."""
+        from mnist_cnn.predict.inference import OnnxModelFile  # numpy and SciPy: not on the command line's checks.
+
         state = self.export_state("onnx")
         if not state.folder.manifest_path.is_file():
             raise RunFolderError(

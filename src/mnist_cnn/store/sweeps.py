@@ -165,3 +165,9 @@ class SweepFolder:
     def seeds(self) -> list[int]:
         """The seeds sweep.json asks for, in its order."""
         return list(SweepConfig.from_json(self.read_settings()).seeds)
+
+
+def existing_run_or_sweep(path: str | Path) -> RunFolder | SweepFolder:
+    """The sweep folder at ``path`` when it is one (it has sweep.json), else the run folder there;
+    one line when it is neither, or missing, or not a folder."""
+    return SweepFolder.existing(path) if SweepFolder(path).is_sweep() else RunFolder.existing(path)

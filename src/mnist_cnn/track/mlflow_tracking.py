@@ -32,7 +32,7 @@ from mnist_cnn.core.sweep_results import SweepStatistics
 from mnist_cnn.core.text import say
 from mnist_cnn.store.checkpoints import read_checkpoint_state
 from mnist_cnn.store.runs import ModelFolder, RunFolder
-from mnist_cnn.store.sweeps import SweepFolder
+from mnist_cnn.store.sweeps import SweepFolder, existing_run_or_sweep
 
 INSTALL_COMMAND = "pip install -e '.[tracking]'"
 RUN_KEY_TAG = "mnist_cnn.run_key"  # <run identity>/<model name>
@@ -478,9 +478,7 @@ def track_folders(paths: Sequence[str | Path], settings: TrackingSettings, strea
     Every folder is checked before anything is logged; running it again finds the runs
     already there (by their folders' identity) and only adds what is missing.
     """
-    folders: list[RunFolder | SweepFolder] = [
-        SweepFolder.existing(path) if SweepFolder(path).is_sweep() else RunFolder.existing(path) for path in paths
-    ]
+    folders = [existing_run_or_sweep(path) for path in paths]
     tracker = Tracker(settings, stream, strict=True)
     for folder in folders:
         if isinstance(folder, SweepFolder):
