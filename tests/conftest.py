@@ -96,6 +96,18 @@ def run_cli(*arguments: str, env: dict[str, str] | None = None, timeout: int = 6
     )
 
 
+def bench_script(name: str) -> Any:
+    """A script of bench/ (``faults`` for bench/faults.py), imported by path: bench/ is not a
+    package, and its scripts hold code the tests share (the probes, the invocations timed)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (for a server a test starts, or one it wants absent)."""
     with socket.socket() as probe:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.conftest import bench_script
 
 # /proc/cpuinfo "flags" lines, shortened: an AVX2 machine (AMD EPYC, Zen 2) and an AVX-512 one
 # (Intel Xeon, Ice Lake).
@@ -21,10 +20,7 @@ AVX512_FLAGS = (
 @pytest.fixture(scope="module")
 def train_speed():
     """bench/train_speed.py, imported by path (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_speed", BENCH / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("train_speed")
 
 
 def test_the_flops_of_a_training_image_add_up(train_speed) -> None:

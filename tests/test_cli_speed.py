@@ -4,7 +4,6 @@ the clock (bench/cli_refusals.py times the same invocations as real processes)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from tests.conftest import bench_script
+
 HEAVY = ("keras", "jax", "tensorflow", "ray", "numba", "torch")
 SUBCOMMANDS = ("experiment", "train", "compare", "track", "publish", "report", "variants", "evaluate", "predict")
 SUBCOMMANDS += ("serve", "export")
@@ -41,10 +41,7 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def refusals_bench():
     """bench/cli_refusals.py, imported by path (bench/ is not a package): the invocations it times."""
-    spec = importlib.util.spec_from_file_location("cli_refusals", BENCH / "cli_refusals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("cli_refusals")
 
 
 def run_in_fresh_process(invocations: list[list[str]], cwd: Path) -> list[dict]:

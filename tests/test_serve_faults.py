@@ -5,7 +5,6 @@ mid-upload, SIGTERM under load and a killed worker. Every loop here is bounded i
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import signal
@@ -19,18 +18,9 @@ import httpx
 import pytest
 
 from mnist_cnn.core.config import HttpLimits
-from tests.conftest import free_port, served
+from tests.conftest import bench_script, free_port, served
 
-
-def bench_module(name: str):
-    """A script of bench/, imported by path (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-faults = bench_module("faults")  # The probes: the benchmark's and these tests' alike.
+faults = bench_script("faults")  # The probes: the benchmark's and these tests' alike.
 
 LIMITS = HttpLimits(header_timeout_s=2.0, body_timeout_s=1.0, keep_alive_s=5.0, max_connections=400)
 
