@@ -46,6 +46,6 @@ def _git(*arguments: str) -> str:
 
 
 def version_text() -> str:
-    """'0.2.0 (commit 1a2b3c4d5e6f)': what ``--version`` and the report print."""
+    """'0.3.0 (commit 1a2b3c4d5e6f)': what ``--version`` and the report print."""
     commit = git_commit()
     return f"{package_version()} (commit {commit})" if commit else package_version()
