@@ -308,6 +308,27 @@ def test_predict_takes_the_polarity_it_is_told(smoke_run: Path, tmp_path: Path) 
     assert refused.returncode == 2 and "invalid choice: 'white'" in refused.stderr
 
 
+def test_predict_show_input_keeps_one_image_per_input_when_base_names_repeat(smoke_run: Path, tmp_path: Path) -> None:
+    """a/seven.gif and b/seven.webp both become 'seven': the second gets a numbered name, not the first's."""
+    import numpy as np
+
+    from tests.test_preprocess import seven_along_the_top_edge
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "seven.gif", tmp_path / "b" / "seven.webp"
+    first.write_bytes(drawn_seven_png())
+    seven_along_the_top_edge().save(second, format="WEBP", lossless=True)
+    shown = tmp_path / "seen"
+    result = cli("predict", smoke_run, first, second, "--json", "--show-input", shown)
+    assert result.returncode == 0, result.stderr
+    saved = [Path(entry["model_input"]) for entry in json.loads(result.stdout)]
+    assert [path.name for path in saved] == ["seven-28x28.png", "seven-2-28x28.png"]
+    assert sorted(path.name for path in shown.iterdir()) == sorted(path.name for path in saved)
+    images = [np.asarray(Image.open(path)) for path in saved]
+    assert not np.array_equal(*images)
+
+
 def flag_help(monkeypatch: pytest.MonkeyPatch, command: str, flag: str) -> str:
     """What ``mnist-cnn COMMAND --help`` says of ``flag``, on one line (a wide terminal: no wrapping)."""
     monkeypatch.setenv("COLUMNS", "1000")

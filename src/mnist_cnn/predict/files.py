@@ -54,10 +54,12 @@ def predict_files(
 ) -> list[FilePrediction]:
     """Answer each file of ``sources`` (``-`` reads ``read_standard_input()``) with every model.
 
-    With ``show_input``, the 28x28 image each file became is saved there as a PNG; ``polarity``
+    With ``show_input``, the 28x28 image each file became is saved there as a PNG (one file
+    per input, numbered when base names repeat); ``polarity``
     is prepare_digit's (guessed per image by default).
     """
     results = []
+    saved_names: set[str] = set()  # So that two inputs with one base name keep both images.
     for source in sources:
         try:
             if source == STANDARD_INPUT:
@@ -68,6 +70,6 @@ def predict_files(
         except ImageInputError as error:
             results.append(FilePrediction(source, error=str(error)))
             continue
-        saved = save_model_input(digit, source, show_input) if show_input is not None else None
+        saved = save_model_input(digit, source, show_input, saved_names) if show_input is not None else None
         results.append(FilePrediction(source, predictions=predict_digit(models, digit), model_input=saved))
     return results

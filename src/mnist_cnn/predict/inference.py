@@ -148,9 +148,20 @@ def predict_digits(
     ]
 
 
-def save_model_input(digit: np.ndarray, source: str, folder: Path) -> Path:
-    """Write the 28x28 image the models saw, as a PNG named after the input (``-``: stdin)."""
+def save_model_input(digit: np.ndarray, source: str, folder: Path, taken: set[str] | None = None) -> Path:
+    """Write the 28x28 image the models saw, as a PNG named after the input (``-``: stdin).
+
+    ``taken`` holds the names already written in this call: an input whose name is taken
+    (``a/seven.gif`` then ``b/seven.webp``) gets a numbered one (``seven-2-28x28.png``)
+    instead of overwriting the first; the name it gets is added.
+    """
     stem = "stdin" if source == "-" else Path(source).stem
-    path = folder / f"{stem}-28x28.png"
+    name, number = f"{stem}-28x28.png", 1
+    while taken is not None and name in taken:
+        number += 1
+        name = f"{stem}-{number}-28x28.png"
+    if taken is not None:
+        taken.add(name)
+    path = folder / name
     write_bytes(path, digit_png(digit))
     return path
