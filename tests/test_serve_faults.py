@@ -40,14 +40,14 @@ def test_slowloris_connections_are_closed_within_the_header_timeout_while_others
     loris = faults.slowloris(server, 200, LIMITS.header_timeout_s + 3)
     print(f"slowloris: {loris}")
     assert loris["closed"] == 200, loris
-    assert loris["closed_after_s"] < LIMITS.header_timeout_s + 1.5, loris
+    assert loris["closed_after_s"] < LIMITS.header_timeout_s + 3, loris
     assert loris["normal_statuses"] == [200] and loris["normal_p99_ms"] < 2000, loris
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout(server: str) -> None:
     with faults.connect(server) as connection:
-        received, waited = faults.read_until_closed(connection, LIMITS.header_timeout_s + 3)
-    assert received == b"" and LIMITS.header_timeout_s - 0.5 < waited < LIMITS.header_timeout_s + 1.5, waited
+        received, waited = faults.read_until_closed(connection, LIMITS.header_timeout_s + 5)
+    assert received == b"" and LIMITS.header_timeout_s - 0.5 < waited < LIMITS.header_timeout_s + 3, waited
 
 
 def test_a_stalled_body_gets_408_and_is_dropped_after_the_body_timeout(server: str) -> None:
@@ -56,9 +56,9 @@ def test_a_stalled_body_gets_408_and_is_dropped_after_the_body_timeout(server: s
             b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
             + faults.digit_png()[:100]
         )
-        received, waited = faults.read_until_closed(connection, LIMITS.body_timeout_s + 3)
+        received, waited = faults.read_until_closed(connection, LIMITS.body_timeout_s + 5)
     assert received.startswith(b"HTTP/1.1 408"), received
-    assert b"stopped" in received and waited < LIMITS.body_timeout_s + 1.5, waited
+    assert b"stopped" in received and waited < LIMITS.body_timeout_s + 3, waited
 
 
 @pytest.mark.parametrize("dribbled", [False, True])
@@ -81,7 +81,7 @@ def test_an_http_0_9_request_is_answered_at_once(server: str) -> None:
         connection.sendall(b"GET /\r\n")
         received, waited = faults.read_until_closed(connection, 5)
     assert received.startswith(b"HTTP/1.1 400") and b"HTTP/0.9" in received, received
-    assert waited < 1.0
+    assert waited < 2.0
 
 
 def test_past_the_connection_cap_a_new_connection_gets_503(onnx_run: Path) -> None:
