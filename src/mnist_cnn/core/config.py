@@ -7,16 +7,20 @@ same builder with a different number of convolution filters.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
 from mnist_cnn.core.errors import ConfigError, RunFolderError
+from mnist_cnn.core.network import INPUT_SHAPE, Network, family_layers, parse_network
 
 # The backend measured fastest for the whole seed protocol on the reference machine
 # (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
 DEFAULT_BACKEND = "jax"
 BACKENDS = ("tensorflow", "jax", "torch")
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+# adadelta: pytorch/examples' mnist optimizer (examples/anchors.toml).
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 # "fused": the compiled JAX training step of fused.py (JAX backend only); "keras": model.fit;
 # "auto": fused on JAX, model.fit on the other backends.
 TRAINERS = ("auto", "fused", "keras")
@@ -37,24 +41,27 @@ DEFAULT_CPUS_PER_TRIAL = 1
 POLARITIES = ("auto", "light-on-dark", "dark-on-light")
 
 
-# MNIST images: 28x28 pixels, one channel; ten digits.
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+# MNIST images: 28x28 pixels, one channel; ten digits (core.network states them).
+# The fields that write the specification's family in short (core.network.family_layers).
+FAMILY_FIELDS = ("filters", "kernel_size", "dense_units", "dropout")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A named variant of the CNN, and the only statement of its architecture.
+    """A named variant of the CNN: its network, and how it trains when that differs from the run.
 
-    Conv2D(filters, kernel_size x kernel_size, stride 1, 'valid', ReLU) -> MaxPooling 2x2 ->
-    Flatten -> Dense(units, ReLU) for each of ``dense_units`` -> Dense(10, softmax). The Keras
-    builder (train.models) and the fused trainer (train.fused) both read it; the fused trainer
-    says which specs it computes exactly (train.trainers.fused_refusal).
+    The network is a list of layers (``layers``, core.network), the only statement of it: the
+    Keras builder (train.models), the fused trainer (train.fused), the parameter count and every
+    description read ``network()``. The specification's family has a short form instead of a
+    list: ``filters``, ``kernel_size``, ``dense_units`` and ``dropout`` expand to Conv2D(filters,
+    k x k, 'valid', ReLU) -> MaxPooling 2x2 -> Flatten -> Dense(units, ReLU)... (Dropout after the
+    pooling and each hidden Dense layer), and Model_A is ``filters=32`` with the defaults. A spec
+    has one form or the other; each reads back unchanged from config.json.
     """
 
     key: str
     name: str
-    filters: int
+    filters: int | None = None
     kernel_size: int = 3
     dense_units: tuple[int, ...] = (200, 100)
     # Dropout rate after the pooling and after each hidden Dense layer; 0: none (the specification).
@@ -62,11 +69,41 @@ class ModelSpec:
     # The variant's own optimizer and learning rate; None: the run's (--optimizer, --learning-rate).
     optimizer: str | None = None
     learning_rate: float | None = None
+    # The network as a list of layers ("conv 32 3", "pool 2", ...): core.network's syntax.
+    layers: tuple[str, ...] = ()
+    # Train this variant on augmented images (--augment's defaults) whatever the run says.
+    augment: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dense_units", tuple(self.dense_units))
+        object.__setattr__(self, "layers", tuple(self.layers))
         if not self.key or not self.key.replace("_", "").isalnum() or self.key != self.key.upper():
             raise ConfigError(f"variant key {self.key!r} must be capital letters, digits and _ (e.g. F16)")
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            # The name is a folder of the run and a Keras model name: no spaces, no slashes.
+            raise ConfigError(f"variant name {self.name!r} must be letters, digits, _, - and . (e.g. Model_A_dropout)")
+        if self.layers:
+            stated = [name for name in FAMILY_FIELDS if getattr(self, name) != _FAMILY_DEFAULTS[name]]
+            if stated:
+                raise ConfigError(
+                    f"{self.name}: {stated[0]} and layers both state the network: write the network as layers only"
+                )
+        else:
+            self._check_family()
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{self.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.learning_rate is not None and (
+            not isinstance(self.learning_rate, (int, float)) or isinstance(self.learning_rate, bool)
+            or not self.learning_rate > 0
+        ):  # fmt: skip
+            raise ConfigError(f"{self.name}: learning_rate must be a positive number, got {self.learning_rate!r}")
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"{self.name}: augment must be true or false, got {self.augment!r}")
+        self.network()  # A layer that cannot be built is refused now, before anything loads.
+
+    def _check_family(self) -> None:
+        if self.filters is None:
+            raise ConfigError(f"{self.name}: a variant states its network: give layers = [...] or filters")
         if not _is_whole(self.filters) or self.filters < 1:
             raise ConfigError(f"{self.name}: filters must be a whole number of at least 1, got {self.filters!r}")
         largest_kernel = INPUT_SHAPE[0] - 1  # The 2x2 pooling needs a convolution output of at least 2x2.
@@ -79,23 +116,20 @@ class ModelSpec:
             raise ConfigError(f"{self.name}: dense_units must be whole numbers of at least 1, got {self.dense_units}")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise ConfigError(f"{self.name}: dropout must be a rate from 0 to below 1, got {self.dropout!r}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"{self.name}: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.learning_rate is not None and (
-            not isinstance(self.learning_rate, (int, float)) or isinstance(self.learning_rate, bool)
-            or not self.learning_rate > 0
-        ):  # fmt: skip
-            raise ConfigError(f"{self.name}: learning_rate must be a positive number, got {self.learning_rate!r}")
+
+    def layer_list(self) -> tuple[str, ...]:
+        """The network as a list of layers: ``layers``, or the family fields expanded."""
+        if self.layers:
+            return self.layers
+        return family_layers(self.filters, self.kernel_size, self.dense_units, self.dropout)
+
+    def network(self) -> Network:
+        """The parsed, checked network (core.network): layers, shapes, names, parameter count."""
+        return _parsed_network(self.layer_list())
 
     def parameter_count(self) -> int:
-        """Trainable parameters of the built model, from the spec alone (no Keras needed)."""
-        inputs = self.kernel_size * self.kernel_size * INPUT_SHAPE[2]
-        count = self.filters * (inputs + 1)
-        width = self.pooled_size * self.pooled_size * self.filters
-        for units in (*self.dense_units, NUM_CLASSES):
-            count += units * (width + 1)
-            width = units
-        return count
+        """Every parameter of the built model, as ``model.count_params()`` counts them (no Keras needed)."""
+        return self.network().parameter_count()
 
     def changes(self) -> dict[str, Any]:
         """The fields that differ from Model_A's (the specification's), by name: what a variant states."""
@@ -104,20 +138,32 @@ class ModelSpec:
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
             if field.name not in ("key", "name") and getattr(self, field.name) != getattr(reference, field.name)
-        }
+            and not (self.layers and field.name == "filters")
+        }  # fmt: skip
 
     def describe(self) -> str:
-        """'filters=16, dropout=0.5': what differs from Model_A, or 'the specification's Model_A'."""
+        """'filters=16, dropout=0.5': what differs from Model_A, or 'the specification's Model_A'; a
+        network stated as layers is described layer by layer."""
         changes = self.changes()
         if not changes:
             return "the specification's Model_A"
-        shown = {
-            name: ",".join(map(str, value)) if isinstance(value, tuple) else value for name, value in changes.items()
-        }
-        return ", ".join(f"{name}={value}" for name, value in shown.items())
+        if self.layers:
+            changes.pop("layers")
+            network = self.network().describe()
+            return network + (f"; {_changes_text(changes)}" if changes else "")
+        return _changes_text(changes)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "dense_units": list(self.dense_units)}
+        """What config.json records: the family fields, or the layers (never both), and what else is set."""
+        values = {**dataclasses.asdict(self), "dense_units": list(self.dense_units), "layers": list(self.layers)}
+        if self.layers:
+            for name in FAMILY_FIELDS:
+                del values[name]
+        else:
+            del values["layers"]  # A family spec keeps the config.json layout it always had.
+        if not self.augment:
+            del values["augment"]
+        return values
 
     @classmethod
     def from_json(cls, document: Any) -> ModelSpec:
@@ -130,20 +176,35 @@ class ModelSpec:
             fields = ", ".join(sorted(known - {"key"}))
             raise ConfigError(f"unknown variant field {unknown[0]!r}: the fields are {fields}")
         values = dict(document)
-        if "dense_units" in values:
-            units = values["dense_units"]
-            if not isinstance(units, (list, tuple)):
-                raise ConfigError(f"dense_units must be a list of whole numbers such as [200, 100], got {units!r}")
-            values["dense_units"] = tuple(units)
+        for name, example in (("dense_units", "[200, 100]"), ("layers", '["conv 32 3", "pool 2", "flatten"]')):
+            if name in values:
+                if not isinstance(values[name], (list, tuple)):
+                    raise ConfigError(f"{name} must be a list such as {example}, got {values[name]!r}")
+                values[name] = tuple(values[name])
+        if "layers" in values:
+            parse_network(values["layers"])  # Its own error first: it names the layer.
         try:
             return cls(**values)
-        except TypeError as error:  # A missing field (key, filters): the dataclass says which.
+        except TypeError as error:  # A missing field (key, name): the dataclass says which.
             raise ConfigError(f"a variant lacks a field ({error})") from None
 
     @property
     def pooled_size(self) -> int:
-        """Side of the feature map after the convolution and the 2x2 pooling (13 for a 3x3 kernel)."""
+        """Side of a family spec's feature map after the convolution and the 2x2 pooling (13 for a 3x3 kernel)."""
         return (INPUT_SHAPE[0] - self.kernel_size + 1) // 2
+
+
+_FAMILY_DEFAULTS = {"filters": None, "kernel_size": 3, "dense_units": (200, 100), "dropout": 0.0}
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_network(layers: tuple[str, ...]) -> Network:
+    return parse_network(layers)
+
+
+def _changes_text(changes: dict[str, Any]) -> str:
+    shown = {name: ",".join(map(str, value)) if isinstance(value, tuple) else value for name, value in changes.items()}
+    return ", ".join(f"{name}={value}" for name, value in shown.items())
 
 
 def _is_whole(value: object) -> bool:
@@ -259,6 +320,12 @@ class ExperimentConfig:
     def model_specs(self) -> list[ModelSpec]:
         known = self.known_variants()
         return [known[key] for key in self.models]
+
+    def augmentation_for(self, spec: ModelSpec) -> Augmentation | None:
+        """How ``spec``'s training images are redrawn: the run's --augment, or the variant's own ``augment``."""
+        if self.augmentation is None and spec.augment:
+            return Augmentation()
+        return self.augmentation
 
 
 def validate_config(config: ExperimentConfig) -> None:

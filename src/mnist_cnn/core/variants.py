@@ -1,16 +1,20 @@
 """Model variants as data: a TOML file of tables, or ``--variant "KEY: field=value, ..."``.
 
-A variant states only what differs from Model_A (the specification's 32-filter network)::
+A variant of the specification's family states only what differs from Model_A (32 filters);
+any other network is a list of layers (core.network)::
 
     [F16]
     filters = 16
     [AD]
     dropout = 0.5
     name = "Model_A_dropout"   # optional; default Model_<KEY>
+    [KERAS_IO]
+    layers = ["conv 32 3", "pool 2", "conv 64 3", "pool 2", "flatten", "dropout 0.5"]
+    optimizer = "adam"
 
-Every mistake (an unknown field, a wrong type, an impossible shape, a key defined twice or
-clashing with a built-in) is a one-line ``ConfigError`` naming the field, and for a file the
-file and line, raised before anything loads or trains.
+Every mistake (an unknown field or layer, a wrong type, an impossible shape, a key defined twice
+or clashing with a built-in) is a one-line ``ConfigError`` naming the field or layer, and for a
+file the file and line, raised before anything loads or trains.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tomllib
 
 from mnist_cnn.core.config import MODEL_VARIANTS, ModelSpec
 from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.network import LayerError
 
 # What every variant starts from: the specification's Model_A.
 BASE_VARIANT = MODEL_VARIANTS["A"]
@@ -34,7 +39,9 @@ def variant_from_fields(key: str, fields: dict[str, Any]) -> ModelSpec:
     if "key" in fields:
         raise ConfigError("a variant's key is its table name (or what stands before ':'), not a field")
     key = key.strip().upper()
-    values = {**BASE_VARIANT.to_json(), "key": key, "name": f"Model_{key}", **fields}
+    # A network written as layers starts from nothing; the family fields start from Model_A's.
+    base = {} if "layers" in fields else BASE_VARIANT.to_json()
+    values = {**base, "key": key, "name": f"Model_{key}", **fields}
     return ModelSpec.from_json(values)
 
 
@@ -60,6 +67,9 @@ def read_variants_file(path: Path) -> tuple[ModelSpec, ...]:
                               "and its fields below it")  # fmt: skip
         try:
             specs.append(variant_from_fields(key, table))
+        except LayerError as error:  # The line of the layer's own string.
+            where = string_line(text, key, error.text) or field_line(text, key, "layers")
+            raise ConfigError(f"{path}:{where}: variant {key}: {error}") from None
         except ConfigError as error:
             field = next((name for name in table if name in str(error)), None)
             where = field_line(text, key, field) if field else line
@@ -85,6 +95,16 @@ def field_line(text: str, key: str | None, field: str | None) -> int:
         if field and assignment.match(line):
             return number
     return start
+
+
+def string_line(text: str, key: str, string: str) -> int | None:
+    """The first line at or below ``[key]`` that holds ``string`` in quotes (a layer of a list)."""
+    lines = text.splitlines()
+    start = table_line(text, key)
+    for number in range(start, len(lines) + 1):
+        if f'"{string}"' in lines[number - 1] or f"'{string}'" in lines[number - 1]:
+            return number
+    return None
 
 
 def parse_inline_variant(text: str) -> ModelSpec:

@@ -1,24 +1,31 @@
-"""The fast training path: the same CNN, trained by one compiled JAX step per batch.
+"""The fast training path: any network of the supported layers, trained by one compiled JAX step per batch.
 
 Why it exists: on a 2-core CPU, Keras's ``model.fit`` spends most of each batch-32 step in
 per-op overhead and in slow max-pooling gradients, not in arithmetic (docs/performance.md).
-This module computes *the same function* as ``models.build_cnn`` with a formulation XLA
-runs well, trains it with the Keras optimizer's own stateless update, and writes the
-weights back into the Keras model, so everything after training (evaluation, the saved
-``.keras`` file, serving) is plain Keras.
+This module computes *the same function* as the Keras model ``train.models.build_variant``
+builds from a spec's layer list (core.network), with a formulation XLA runs well, trains it
+with the Keras optimizer's own stateless update, and writes the weights back into the Keras
+model, so everything after training (evaluation, the saved ``.keras`` file, serving) is plain
+Keras.
 
-The formulation, for a k x k 'valid' convolution followed by 2x2 max-pooling (the spec's
-``kernel_size`` k; 3 for Model_A and Model_B): each pooled pixel reads one (k+1) x (k+1)
-window of the input (stride 2). So the four convolution outputs under one pooling window are
-one matrix product ``patches @ placed_kernel`` with ``patches`` (N*P*P, (k+1)^2) (P the pooled
-side, 13 for k = 3) and ``placed_kernel`` ((k+1)^2, 4*filters) (the k x k kernel placed at the
-four offsets of the window), and pooling is a max over the four column groups. ReLU and the
-bias commute with that max (both are monotone, the bias is per channel), so they are applied
-after it, on a quarter of the values. Only the four-way max and its gradient are written by
-hand (``pool_max4``): XLA's generic max-pool gradient is the slowest op of the whole step.
+The formulation of a k x k stride-1 convolution followed by 2x2 max-pooling (Model_A's and
+Model_B's first layers, and every such pair of a list): each pooled pixel reads one (k+1) x
+(k+1) window of the input (stride 2). So the four convolution outputs under one pooling window
+are one matrix product ``patches @ placed_kernel`` with ``patches`` (N*P*P, (k+1)^2*C) (P the
+pooled side, 13 for k = 3 on 28x28; C the input channels) and ``placed_kernel`` ((k+1)^2*C,
+4*filters) (the kernel placed at the four offsets of the window), and pooling is a max over
+the four column groups. The activation and the bias commute with that max (the activations
+are monotone, the bias is per channel), so they are applied after it, on a quarter of the
+values. Other convolutions are ``lax.conv_general_dilated``, as Keras's JAX backend computes
+them. Every max-pooling's gradient is written by hand (``pool_max``, the first maximum of each
+window takes it all, as Keras's does): XLA's generic max-pool gradient is the slowest op of
+the whole step.
 
-Dropout (a spec's ``dropout`` rate) is Keras's own: in training each value of the pooled
-features and of each hidden Dense output is kept with probability 1 - rate (drawn by
+BatchNorm is Keras's: in training the batch's mean and (biased) variance normalise, and the
+moving mean and variance follow them with momentum 0.99; evaluation reads the moving ones. The
+moving statistics travel with the weights and are written back into the Keras model.
+
+Dropout is Keras's: in training each value is kept with probability 1 - rate (drawn by
 ``jax.random.bernoulli``, as Keras's JAX backend draws it) and scaled by 1 / (1 - rate);
 evaluation drops nothing. The masks of batch b of epoch e come from ``dropout_key(seed, e, b)``,
 drawn inside the compiled step, so a resumed run draws the very masks an uninterrupted one drew.
@@ -26,13 +33,15 @@ Keras's Dropout layers draw theirs from their own seed generators: the two train
 different masks, so with dropout their weights differ after an epoch (the tests check that the
 same masks give the same step, and the same mean loss over many masks).
 
-What it computes is stated once, in ``train.trainers.fused_refusal``; ``check_model`` checks
-that the Keras model built from the spec is that network, layer by layer, before training.
+Which lists it computes is stated in ``train.trainers.fused_refusal``; ``check_model`` checks
+that the Keras model is the one the builder makes of the spec, layer by layer, before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,68 +50,62 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, ModelSpec
+from mnist_cnn.core import network as net
+from mnist_cnn.core.config import EVALUATION_BATCH_SIZE, ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.data.augment import augment_epoch, epoch_key
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
+from mnist_cnn.train.models import keras_layer
 from mnist_cnn.train.trainers import fused_refusal
 
 
 def check_model(model: keras.Model, spec: ModelSpec) -> None:
-    """Refuse to train ``model`` unless it is exactly the network this module computes for ``spec``.
+    """Refuse to train ``model`` unless it is exactly the network the builder makes of ``spec``.
 
-    The guard against a silent difference: a layer added to the builder, or a spec field the
-    fused trainer does not read, stops training here instead of training another network.
+    The guard against a silent difference: a layer changed in the model, or a spec the fused
+    trainer does not compute, stops training here instead of training another network. Each
+    layer's configuration is compared with the one ``train.models.keras_layer`` gives its entry
+    of the list (no weights are drawn).
     """
     refusal = fused_refusal(spec, keras.backend.backend())
     if refusal is not None:
         raise ConfigError(f"{spec.name}: {refusal}; use --trainer keras")
-    dropout = [("Dropout", {"rate": spec.dropout, "noise_shape": None})] if spec.dropout else []
-    expected = [
-        ("Conv2D", {"filters": spec.filters, "kernel_size": (spec.kernel_size,) * 2, "strides": (1, 1),
-                    "padding": "valid", "activation": "relu"}),
-        ("MaxPooling2D", {"pool_size": (2, 2), "strides": (2, 2), "padding": "valid"}),
-        *dropout,
-        ("Flatten", {}),
-        *[layer for units in spec.dense_units
-          for layer in [("Dense", {"units": units, "activation": "relu"}), *dropout]],
-        ("Dense", {"units": NUM_CLASSES, "activation": "softmax"}),
-    ]  # fmt: skip
-    actual = [(layer.__class__.__name__, layer.get_config()) for layer in model.layers]
+    network = spec.network()
+    expected = [keras_layer(layer, name) for layer, name in zip(network.layers, network.names(), strict=True)]
+    actual = list(model.layers)
     matches = len(actual) == len(expected) and all(
-        kind == expected_kind and all(_same(config.get(key), value) for key, value in settings.items())
-        for (kind, config), (expected_kind, settings) in zip(actual, expected, strict=False)
+        type(found) is type(wanted) and _comparable(found.get_config()) == _comparable(wanted.get_config())
+        for found, wanted in zip(actual, expected, strict=False)
     )
-    if not matches or model.input_shape[1:] != INPUT_SHAPE:
+    if not matches or tuple(model.input_shape[1:]) != net.INPUT_SHAPE:
         raise ConfigError(
-            f"{spec.name}: the model's layers ({', '.join(kind for kind, _ in actual)}) are not the network the "
-            "fused trainer computes for its spec; use --trainer keras"
+            f"{spec.name}: the model's layers ({', '.join(type(layer).__name__ for layer in actual)}) are not the "
+            "network the fused trainer computes for its spec; use --trainer keras"
         )
 
 
-def _same(found: object, wanted: object) -> bool:
-    return tuple(found) == wanted if isinstance(wanted, tuple) and found is not None else found == wanted
+def _comparable(config: dict) -> dict:
+    """A layer's configuration without what does not change its function (its name, its build shape)."""
+    return {key: value for key, value in config.items() if key not in ("name", "build_config")}
 
 
 def window_patches(images: jax.Array, kernel_size: int) -> jax.Array:
-    """(N, 28, 28, 1) -> (N*P*P, (k+1)^2): the (k+1) x (k+1) stride-2 input window under each pooled pixel."""
-    pixels = images[..., 0]
-    count = pixels.shape[0]
-    pooled = (pixels.shape[1] - kernel_size + 1) // 2
+    """(N, H, W, C) -> (N*P*P', (k+1)^2*C): the (k+1) x (k+1) stride-2 input window under each pooled pixel."""
+    count, height, width, channels = images.shape
+    pooled_rows, pooled_columns = (height - kernel_size + 1) // 2, (width - kernel_size + 1) // 2
     window = kernel_size + 1
-    span = 2 * pooled - 1
     windows = [
-        pixels[:, row : row + span : 2, column : column + span : 2] for row in range(window) for column in range(window)
+        images[:, row : row + 2 * pooled_rows - 1 : 2, column : column + 2 * pooled_columns - 1 : 2, :]
+        for row in range(window)
+        for column in range(window)
     ]
-    return jnp.stack(windows, axis=-1).reshape(count * pooled * pooled, window * window)
+    return jnp.stack(windows, axis=-2).reshape(count * pooled_rows * pooled_columns, window * window * channels)
 
 
 def placed_kernel(kernel: jax.Array) -> jax.Array:
-    """(k, k, 1, F) -> ((k+1)^2, 4F): the kernel at the 4 offsets of a (k+1) x (k+1) window, offset-major."""
-    taps = kernel[:, :, 0, :]
-    size = taps.shape[0] + 1
+    """(k, k, C, F) -> ((k+1)^2*C, 4F): the kernel at the 4 offsets of a (k+1) x (k+1) window, offset-major."""
     placed = [
-        jnp.pad(taps, ((row, 1 - row), (column, 1 - column), (0, 0))).reshape(size * size, -1)
+        jnp.pad(kernel, ((row, 1 - row), (column, 1 - column), (0, 0), (0, 0))).reshape(-1, kernel.shape[-1])
         for row in (0, 1)
         for column in (0, 1)
     ]
@@ -132,6 +135,40 @@ def _pool_max4_backward(winner: jax.Array, gradient: jax.Array) -> tuple[jax.Arr
 pool_max4.defvjp(_pool_max4_forward, _pool_max4_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def pool_max(values: jax.Array, size: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H//size, W//size, C): max-pooling of stride ``size``, 'valid' (the last
+    rows and columns that make no whole window are dropped, as Keras drops them)."""
+    return _pool_windows(values, size).max(axis=-1)
+
+
+def _pool_windows(values: jax.Array, size: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H', W', C, size*size): each window's values, in row-major order."""
+    count, height, width, channels = values.shape
+    rows, columns = height // size, width // size
+    cropped = values[:, : rows * size, : columns * size, :]
+    grouped = cropped.reshape(count, rows, size, columns, size, channels).transpose(0, 1, 3, 5, 2, 4)
+    return grouped.reshape(count, rows, columns, channels, size * size)
+
+
+def _pool_max_forward(values: jax.Array, size: int) -> tuple[jax.Array, tuple[jax.Array, tuple[int, ...]]]:
+    windows = _pool_windows(values, size)
+    return windows.max(axis=-1), (jnp.argmax(windows, axis=-1).astype(jnp.int8), values.shape)
+
+
+def _pool_max_backward(size: int, residuals: tuple[jax.Array, tuple[int, ...]], gradient: jax.Array) -> tuple:
+    winner, shape = residuals
+    count, rows, columns, channels = gradient.shape
+    chosen = winner[..., None] == jnp.arange(size * size, dtype=jnp.int8)
+    spread = jnp.where(chosen, gradient[..., None], 0.0).reshape(count, rows, columns, channels, size, size)
+    spread = spread.transpose(0, 1, 4, 2, 5, 3).reshape(count, rows * size, columns * size, channels)
+    spread = jnp.pad(spread, ((0, 0), (0, shape[1] - rows * size), (0, shape[2] - columns * size), (0, 0)))
+    return (jax.lax.optimization_barrier(spread),)
+
+
+pool_max.defvjp(_pool_max_forward, _pool_max_backward)
+
+
 # Dropout masks: one stream of keys of its own, apart from augmentation's chunk keys (which fold
 # chunk numbers, far below this, into the same epoch key).
 DROPOUT_STREAM = 0x64726F70  # "drop"
@@ -147,89 +184,198 @@ def dropout_key(seed: int, epoch: int, batch: int) -> jax.Array:
     return jax.random.fold_in(dropout_epoch_key(seed, epoch), batch)
 
 
-def dropout_masks(key: jax.Array, rate: float, params: list[jax.Array], count: int) -> list[jax.Array]:
-    """The keep masks of one batch of ``count`` images: (count, P*P*F) for the pooled features (in
-    Flatten's order), then (count, units) for each hidden Dense layer; True (kept) with probability
-    1 - rate, drawn as Keras's JAX backend draws them (``jax.random.bernoulli``)."""
-    widths = [params[2].shape[0], *(kernel.shape[1] for kernel in params[2:-2:2])]
-    keys = jax.random.split(key, len(widths))
-    return [jax.random.bernoulli(k, 1.0 - rate, (count, width)) for k, width in zip(keys, widths, strict=True)]
+def dropout_masks(key: jax.Array, network: net.Network, count: int) -> list[jax.Array]:
+    """The keep masks of one batch of ``count`` images, one per Dropout layer in list order, each
+    (count, values of its input) in Flatten's order; True (kept) with probability 1 - rate, drawn
+    as Keras's JAX backend draws them (``jax.random.bernoulli``)."""
+    dropouts = [
+        (layer.rate, math.prod(shape))
+        for layer, shape in zip(network.layers, network.input_shapes, strict=True)
+        if isinstance(layer, net.Dropout)
+    ]
+    if not dropouts:
+        return []
+    keys = jax.random.split(key, len(dropouts))
+    return [jax.random.bernoulli(k, 1.0 - rate, (count, width)) for k, (rate, width) in zip(keys, dropouts, strict=True)]
 
 
 def drop(values: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
     """Keras's Dropout in training: kept values scaled by 1 / (1 - rate), the others 0."""
-    return jnp.where(keep, values / (1.0 - rate), 0.0)
+    return jnp.where(keep.reshape(values.shape), values / (1.0 - rate), 0.0)
 
 
-def forward_logits(
-    params: list[jax.Array], images: jax.Array, masks: list[jax.Array] | None = None, rate: float = 0.0
-) -> jax.Array:
-    """Pre-softmax outputs of the CNN for ``params`` in ``model.trainable_variables`` order.
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "linear": lambda values: values,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+}
 
-    ``masks`` (``dropout_masks``'s, for ``rate``): training with dropout; None: inference (or no dropout).
+
+def fuses_with_pool(layer: net.Layer, following: net.Layer | None) -> bool:
+    """Whether a convolution and the layer after it run as one matrix product (stride-1 conv, 2x2 pool)."""
+    return (
+        isinstance(layer, net.Conv) and layer.stride == 1 and isinstance(following, net.Pool)
+        and following.size == 2 and following.stride == 2
+    )  # fmt: skip
+
+
+def _same_padding(images: jax.Array, kernel_size: int) -> jax.Array:
+    before = (kernel_size - 1) // 2  # As XLA's 'SAME' pads for stride 1.
+    after = kernel_size - 1 - before
+    return jnp.pad(images, ((0, 0), (before, after), (before, after), (0, 0)))
+
+
+def conv_pool(images: jax.Array, kernel: jax.Array, bias: jax.Array, layer: net.Conv) -> jax.Array:
+    """A stride-1 convolution, its activation and a 2x2 max-pooling, as one matrix product (module docstring)."""
+    if layer.padding == "same":
+        images = _same_padding(images, layer.kernel)
+    count, height, width, _ = images.shape
+    rows, columns = (height - layer.kernel + 1) // 2, (width - layer.kernel + 1) // 2
+    pooled = pool_max4(window_patches(images, layer.kernel) @ placed_kernel(kernel))
+    return _ACTIVATIONS[layer.activation](pooled + bias).reshape(count, rows, columns, -1)
+
+
+def conv(images: jax.Array, kernel: jax.Array, bias: jax.Array, layer: net.Conv) -> jax.Array:
+    outputs = jax.lax.conv_general_dilated(
+        images, kernel, (layer.stride, layer.stride), layer.padding.upper(), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return _ACTIVATIONS[layer.activation](outputs + bias)
+
+
+def batch_norm(
+    values: jax.Array, gamma: jax.Array, beta: jax.Array, moving: tuple[jax.Array, jax.Array], training: bool
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Keras's BatchNormalization (last axis): the normalised values and the new moving (mean, variance)."""
+    moving_mean, moving_variance = moving
+    if training:
+        axes = tuple(range(values.ndim - 1))
+        mean, variance = jnp.mean(values, axes), jnp.var(values, axis=axes)
+        momentum = net.BATCHNORM_MOMENTUM
+        moving = (moving_mean * momentum + mean * (1.0 - momentum), moving_variance * momentum + variance * (1.0 - momentum))
+    else:
+        mean, variance = moving_mean, moving_variance
+    inverse = jax.lax.rsqrt(variance + net.BATCHNORM_EPSILON) * gamma  # The order of Keras's JAX backend.
+    return jnp.add(values * inverse, -mean * inverse + beta), moving
+
+
+def forward(
+    network: net.Network,
+    params: list[jax.Array],
+    stats: list[jax.Array],
+    images: jax.Array,
+    masks: list[jax.Array] | None = None,
+    training: bool = False,
+) -> tuple[jax.Array, list[jax.Array]]:
+    """Pre-softmax outputs of ``network`` and its new BatchNorm statistics.
+
+    ``params``: ``model.trainable_variables`` (in layer order: kernel and bias, gamma and beta);
+    ``stats``: each BatchNorm layer's moving mean and variance, in layer order; ``masks``
+    (``dropout_masks``'s): training with dropout, None: none dropped; ``training``: BatchNorm
+    normalises by the batch and updates its statistics.
     """
-    conv_kernel, conv_bias, *dense = params
-    count = images.shape[0]
-    masks = list(masks) if masks is not None else []
-    # The kernel size comes from the spec through the conv kernel's shape (check_model).
-    pooled = pool_max4(window_patches(images, conv_kernel.shape[0]) @ placed_kernel(conv_kernel))
-    hidden = jax.nn.relu(pooled + conv_bias).reshape(count, -1)  # NHWC flatten order, as keras Flatten.
-    if masks:
-        hidden = drop(hidden, masks[0], rate)
-    for layer, index in enumerate(range(0, len(dense) - 2, 2), start=1):
-        hidden = jax.nn.relu(hidden @ dense[index] + dense[index + 1])
-        if masks:
-            hidden = drop(hidden, masks[layer], rate)
-    return hidden @ dense[-2] + dense[-1]
+    values = images
+    weights, moving, keeps = iter(params), iter(stats), iter(masks or [])
+    new_stats: list[jax.Array] = []
+    layers = network.layers
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        match layer:
+            case net.Conv() if fuses_with_pool(layer, following):
+                values = conv_pool(values, next(weights), next(weights), layer)
+                index += 1  # The pooling is done.
+            case net.Conv():
+                values = conv(values, next(weights), next(weights), layer)
+            case net.Pool() if layer.stride == layer.size:
+                values = pool_max(values, layer.size)
+            case net.BatchNorm():
+                values, updated = batch_norm(values, next(weights), next(weights), (next(moving), next(moving)), training)
+                new_stats += updated
+            case net.Dropout():
+                keep = next(keeps, None)
+                if keep is not None:
+                    values = drop(values, keep, layer.rate)
+            case net.Flatten():
+                values = values.reshape(values.shape[0], -1)  # NHWC order, as Keras's Flatten.
+            case net.GlobalPool():
+                values = jnp.mean(values, axis=(1, 2))
+            case net.Dense() if index == len(layers) - 1:
+                values = values @ next(weights) + next(weights)  # The readout: softmax is in the loss.
+            case net.Dense():
+                values = _ACTIVATIONS[layer.activation](values @ next(weights) + next(weights))
+            case net.Activation():
+                values = _ACTIVATIONS[layer.name](values)
+            case _:
+                raise ConfigError(f"the fused trainer does not compute {net.layer_text(layer)!r}")
+        index += 1
+    return values, new_stats
+
+
+def forward_logits(network: net.Network, params: list[jax.Array], stats: list[jax.Array], images: jax.Array) -> jax.Array:
+    """Inference: pre-softmax outputs with nothing dropped and BatchNorm's moving statistics."""
+    return forward(network, params, stats, images)[0]
 
 
 def batch_loss_and_correct(
     params: list[jax.Array],
+    stats: list[jax.Array],
     images: jax.Array,
     labels: jax.Array,
+    network: net.Network,
     masks: list[jax.Array] | None = None,
-    rate: float = 0.0,
-) -> tuple[jax.Array, jax.Array]:
-    """Mean sparse categorical cross-entropy, and the number of correct predictions (of the
-    network as trained: with ``masks`` applied when given, as model.fit's training accuracy)."""
-    logits = forward_logits(params, images, masks, rate)
+    training: bool = False,
+) -> tuple[jax.Array, tuple[jax.Array, list[jax.Array]]]:
+    """Mean sparse categorical cross-entropy, and (the number of correct predictions, the new
+    BatchNorm statistics); the predictions are the network's as trained (with ``masks`` applied
+    and batch statistics when ``training``), as model.fit's training accuracy."""
+    logits, new_stats = forward(network, params, stats, images, masks, training)
     log_probabilities = jax.nn.log_softmax(logits)
     losses = -jnp.take_along_axis(log_probabilities, labels[:, None], axis=1)[:, 0]
     correct = jnp.sum(jnp.argmax(logits, axis=1) == labels)
-    return jnp.mean(losses), correct
+    return jnp.mean(losses), (correct, new_stats)
 
 
-def make_train_step(optimizer: keras.optimizers.Optimizer, rate: float = 0.0) -> Callable:
-    """One SGD step (or whatever optimizer the config names), compiled, updating in place.
+def make_train_step(optimizer: keras.optimizers.Optimizer, network: net.Network) -> Callable:
+    """One step of the compiled Keras optimizer (SGD unless the config names another), updating in place.
 
-    ``step(params, optimizer_state, images, labels, key, batch)``: with a dropout ``rate``, the
-    masks are drawn in the step from ``fold_in(key, batch)`` (``key``: ``dropout_epoch_key``);
-    without, ``key`` and ``batch`` are not read.
+    ``step(params, stats, optimizer_state, images, labels, key, batch)``: the dropout masks are
+    drawn in the step from ``fold_in(key, batch)`` (``key``: ``dropout_epoch_key``); a network
+    without dropout reads neither.
     """
+    has_dropout = any(isinstance(layer, net.Dropout) for layer in network.layers)
 
-    def train_step(params, optimizer_state, images, labels, key, batch):
-        masks = dropout_masks(jax.random.fold_in(key, batch), rate, params, images.shape[0]) if rate else None
-        (loss, correct), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(
-            params, images, labels, masks, rate
+    def train_step(params, stats, optimizer_state, images, labels, key, batch):
+        count = images.shape[0]
+        masks = dropout_masks(jax.random.fold_in(key, batch), network, count) if has_dropout else None
+        (loss, (correct, new_stats)), gradients = jax.value_and_grad(batch_loss_and_correct, has_aux=True)(
+            params, stats, images, labels, network, masks, True
         )
         params, optimizer_state = optimizer.stateless_apply(optimizer_state, gradients, params)
-        return params, optimizer_state, loss * labels.shape[0], correct
+        return params, new_stats, optimizer_state, loss * labels.shape[0], correct
 
-    return jax.jit(train_step, donate_argnums=(0, 1))
+    return jax.jit(train_step, donate_argnums=(0, 1, 2))
 
 
-@jax.jit
-def _evaluate_batch(params, images, labels):
-    loss, correct = batch_loss_and_correct(params, images, labels)
+@functools.partial(jax.jit, static_argnames=("network",))
+def _evaluate_batch(params, stats, images, labels, network):
+    loss, (correct, _) = batch_loss_and_correct(params, stats, images, labels, network)
     return loss * labels.shape[0], correct
 
 
-def evaluate_arrays(params: list[jax.Array], images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Loss and accuracy over a data set, in large batches."""
+def evaluate_arrays(
+    network: net.Network, state: FusedState, images: np.ndarray, labels: np.ndarray
+) -> tuple[float, float]:
+    """Loss and accuracy over a data set, in large batches (inference: BatchNorm's moving statistics)."""
     loss_total, correct_total = 0.0, 0
     for start in range(0, len(images), EVALUATION_BATCH_SIZE):
         loss, correct = _evaluate_batch(
-            params, images[start : start + EVALUATION_BATCH_SIZE], labels[start : start + EVALUATION_BATCH_SIZE]
+            state.params,
+            state.stats,
+            images[start : start + EVALUATION_BATCH_SIZE],
+            labels[start : start + EVALUATION_BATCH_SIZE],
+            network,
         )
         loss_total += float(loss)
         correct_total += int(correct)
@@ -239,7 +385,18 @@ def evaluate_arrays(params: list[jax.Array], images: np.ndarray, labels: np.ndar
 @dataclasses.dataclass
 class FusedState:
     params: list[jax.Array]
+    stats: list[jax.Array]  # Each BatchNorm layer's moving mean and variance, in layer order.
     optimizer_state: list[jax.Array]
+
+
+def batch_norm_statistics(model: keras.Model) -> list:
+    """The moving mean and variance variables of each BatchNorm layer of ``model``, in layer order."""
+    return [
+        variable
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
 
 
 def read_state(model: keras.Model) -> FusedState:
@@ -248,13 +405,16 @@ def read_state(model: keras.Model) -> FusedState:
         optimizer.build(model.trainable_variables)
     return FusedState(
         params=[jnp.array(variable.value) for variable in model.trainable_variables],
+        stats=[jnp.array(variable.value) for variable in batch_norm_statistics(model)],
         optimizer_state=[jnp.array(variable.value) for variable in optimizer.variables],
     )
 
 
 def write_state(model: keras.Model, state: FusedState) -> None:
-    """Put trained weights and optimizer state back into the Keras model (for saving, serving)."""
+    """Put trained weights, BatchNorm statistics and optimizer state back into the Keras model (for saving, serving)."""
     for variable, value in zip(model.trainable_variables, state.params, strict=True):
+        variable.assign(value)
+    for variable, value in zip(batch_norm_statistics(model), state.stats, strict=True):
         variable.assign(value)
     for variable, value in zip(model.optimizer.variables, state.optimizer_state, strict=True):
         variable.assign(value)
@@ -265,17 +425,23 @@ def run_epoch(
 ) -> tuple[FusedState, float, float]:
     """One pass over ``images`` in their order (the last batch may be smaller, as in model.fit);
     ``key``: the epoch's ``dropout_epoch_key``."""
-    params, optimizer_state = state.params, state.optimizer_state
+    params, stats, optimizer_state = state.params, state.stats, state.optimizer_state
     losses, corrects = [], []
     for batch, start in enumerate(range(0, len(images), batch_size)):
-        params, optimizer_state, loss, correct = step(
-            params, optimizer_state, images[start : start + batch_size], labels[start : start + batch_size], key, batch
+        params, stats, optimizer_state, loss, correct = step(
+            params,
+            stats,
+            optimizer_state,
+            images[start : start + batch_size],
+            labels[start : start + batch_size],
+            key,
+            batch,
         )
         losses.append(loss)
         corrects.append(correct)
     total_loss = float(jnp.sum(jnp.stack(losses)))
     total_correct = int(jnp.sum(jnp.stack(corrects)))
-    return FusedState(params, optimizer_state), total_loss / len(images), total_correct / len(images)
+    return FusedState(params, stats, optimizer_state), total_loss / len(images), total_correct / len(images)
 
 
 def train_epochs(
@@ -283,11 +449,14 @@ def train_epochs(
 ) -> Iterator[tuple[int, dict[str, float]]]:
     """Train ``model`` from epoch ``first_epoch`` (0-based) to ``config.epochs``.
 
-    After each epoch the Keras model holds the new weights and optimizer state, and the
-    generator yields ``(epoch, logs)`` with the logs model.fit would give (plus ``seconds``).
+    After each epoch the Keras model holds the new weights, BatchNorm statistics and optimizer
+    state, and the generator yields ``(epoch, logs)`` with the logs model.fit would give (plus
+    ``seconds``).
     """
     check_model(model, spec)
-    step = make_train_step(model.optimizer, spec.dropout)
+    network = spec.network()
+    augmentation = config.augmentation_for(spec)
+    step = make_train_step(model.optimizer, network)
     state = read_state(model)
     images = jnp.asarray(splits.X_train)
     labels = jnp.asarray(splits.y_train.astype("int32"))
@@ -296,13 +465,13 @@ def train_epochs(
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(config.seed, epoch, len(images))
-        if config.augmentation is None:
+        if augmentation is None:
             epoch_images = images[order]
         else:
-            epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, config.augmentation))
+            epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, augmentation))
         key = dropout_epoch_key(config.seed, epoch)
         state, loss, accuracy = run_epoch(step, state, epoch_images, labels[order], config.batch_size, key)
-        val_loss, val_accuracy = evaluate_arrays(state.params, valid_images, valid_labels)
+        val_loss, val_accuracy = evaluate_arrays(network, state, valid_images, valid_labels)
         write_state(model, state)
         logs = {
             "loss": loss,

@@ -145,14 +145,15 @@ def keras_epochs(
 ) -> Iterator[tuple[int, EpochLogs]]:
     """model.fit, one epoch per call, on the images in ``epoch_order`` (the compiled train
     function is built once and reused across calls)."""
+    augmentation = config.augmentation_for(spec)
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         order = epoch_order(config.seed, epoch, len(splits.X_train))
         images = splits.X_train[order]
-        if config.augmentation is not None:
+        if augmentation is not None:
             from mnist_cnn.data.augment import augment_epoch  # Imports JAX: only when augmenting.
 
-            images = augment_epoch(images, config.seed, epoch, config.augmentation)
+            images = augment_epoch(images, config.seed, epoch, augmentation)
         fit = model.fit(
             images,
             splits.y_train[order],

@@ -1,8 +1,9 @@
-"""The one CNN builder: a ``ModelSpec`` (core.config) becomes a Keras model.
+"""The one CNN builder: a ``ModelSpec``'s layer list (core.network) becomes a Keras model.
 
-Model_A, Model_B and any other variant are data (specs) read here; nothing else in the package
-states the architecture. The fused trainer computes the same function from the same spec and
-checks the built model against it (train.trainers, train.fused).
+Model_A, Model_B and any other variant are data (specs) read here, one Keras layer per listed
+layer and the Dense 10 softmax last; nothing else in the package builds a network. The fused
+trainer computes the same function from the same parsed list and checks the built model against
+it (train.fused).
 """
 
 from __future__ import annotations
@@ -10,38 +11,47 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from mnist_cnn.core.config import INPUT_SHAPE, NUM_CLASSES, ExperimentConfig, ModelSpec
+from mnist_cnn.core import network as net
+from mnist_cnn.core.config import ExperimentConfig, ModelSpec
+
+
+def keras_layer(layer: net.Layer, name: str) -> keras.layers.Layer:
+    """The Keras layer of one parsed layer (Keras's defaults for everything the list does not say)."""
+    match layer:
+        case net.Conv():
+            return layers.Conv2D(
+                filters=layer.filters,
+                kernel_size=(layer.kernel, layer.kernel),
+                strides=layer.stride,
+                padding=layer.padding,
+                activation=layer.activation,
+                name=name,
+            )
+        case net.Pool():
+            return layers.MaxPooling2D(pool_size=(layer.size, layer.size), strides=layer.stride, name=name)
+        case net.BatchNorm():
+            return layers.BatchNormalization(momentum=net.BATCHNORM_MOMENTUM, epsilon=net.BATCHNORM_EPSILON, name=name)
+        case net.Dropout():
+            return layers.Dropout(layer.rate, name=name)
+        case net.Flatten():
+            return layers.Flatten(name=name)
+        case net.GlobalPool():
+            return layers.GlobalAveragePooling2D(name=name)
+        case net.Dense():
+            return layers.Dense(layer.units, activation=layer.activation, name=name)
+        case net.Activation():
+            return layers.Activation(layer.name, name=name)
+    raise TypeError(f"no Keras layer for {layer!r}")
 
 
 def build_variant(spec: ModelSpec) -> keras.Model:
-    """Conv2D(filters, kernel, stride 1, 'valid') -> MaxPool 2x2 -> Flatten -> Dense... -> softmax.
-
-    Hidden layers use ReLU (the specification names no activation; ReLU is the usual one). With
-    ``spec.dropout``, a Dropout layer follows the pooling and each hidden Dense layer.
-    Layer names are fixed ("conv", "pool", "flatten", "dense_1"..., "digit"): the fused
-    trainer and the reports find layers by them.
-    """
+    """The Keras model of ``spec``'s network, layer by layer, named as ``Network.names`` says
+    ("conv", "pool", "flatten", "dense_1"..., "digit")."""
+    network = spec.network()
     model = keras.Sequential(name=spec.name)
-    model.add(keras.Input(shape=INPUT_SHAPE, name="image"))
-    model.add(
-        layers.Conv2D(
-            filters=spec.filters,
-            kernel_size=(spec.kernel_size, spec.kernel_size),
-            strides=1,
-            padding="valid",
-            activation="relu",
-            name="conv",
-        )
-    )
-    model.add(layers.MaxPooling2D(pool_size=(2, 2), name="pool"))
-    if spec.dropout:
-        model.add(layers.Dropout(spec.dropout, name="pool_dropout"))
-    model.add(layers.Flatten(name="flatten"))
-    for index, units in enumerate(spec.dense_units, start=1):
-        model.add(layers.Dense(units, activation="relu", name=f"dense_{index}"))
-        if spec.dropout:
-            model.add(layers.Dropout(spec.dropout, name=f"dense_{index}_dropout"))
-    model.add(layers.Dense(NUM_CLASSES, activation="softmax", name="digit"))
+    model.add(keras.Input(shape=net.INPUT_SHAPE, name="image"))
+    for layer, name in zip(network.layers, network.names(), strict=True):
+        model.add(keras_layer(layer, name))
     return model
 
 
@@ -52,6 +62,7 @@ def make_optimizer(config: ExperimentConfig, spec: ModelSpec | None = None) -> k
         "sgd": keras.optimizers.SGD,
         "adam": keras.optimizers.Adam,
         "rmsprop": keras.optimizers.RMSprop,
+        "adadelta": keras.optimizers.Adadelta,
     }
     name = (spec.optimizer if spec else None) or config.optimizer
     learning_rate = (spec.learning_rate if spec else None) or config.learning_rate

@@ -15,14 +15,16 @@ import dataclasses
 
 from mnist_cnn.core.config import ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import ConfigError
+from mnist_cnn.core.network import Pool, layer_text
 
 # What the fused trainer computes, by the spec's fields: each field it reads, and nothing else.
 # (A variant's optimizer and learning rate are the compiled Keras optimizer's, which the fused
 # step applies as model.fit does; dropout is Keras's, with masks from the fused trainer's own
 # generator, train.fused.dropout_key.)
 FUSED_FIELDS = frozenset(
-    {"key", "name", "filters", "kernel_size", "dense_units", "dropout", "optimizer", "learning_rate"}
-)
+    {"key", "name", "filters", "kernel_size", "dense_units", "dropout", "optimizer", "learning_rate", "layers",
+     "augment"}
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +44,10 @@ class TrainerChoice:
 def fused_refusal(spec: ModelSpec, backend: str | None) -> str | None:
     """Why the fused trainer cannot train ``spec`` exactly on ``backend``; None when it can.
 
-    It computes a k x k 'valid' convolution followed by 2x2 max-pooling as one matrix product
-    over (k+1) x (k+1) windows (any k the spec allows), any number of filters and hidden
-    Dense layers, and dropout after the pooling and each hidden layer. A spec field it does not
-    read is a refusal: a new field added to ModelSpec stays on model.fit until the fused
-    trainer learns it.
+    It computes every layer of core.network's lists (convolutions of any kernel, stride and
+    padding, BatchNorm, Dropout, Flatten, global average pooling, Dense, the activations) except
+    a max-pooling whose stride is not its size. A spec field it does not read is a refusal: a
+    new field added to ModelSpec stays on model.fit until the fused trainer learns it.
     """
     if (backend or "jax") != "jax":
         return f"the fused trainer needs the JAX backend, not {backend}"
@@ -57,6 +58,9 @@ def fused_refusal(spec: ModelSpec, backend: str | None) -> str | None:
     ]
     if changed:
         return f"the fused trainer does not compute {', '.join(changed)}"
+    for layer in spec.network().layers:
+        if isinstance(layer, Pool) and layer.stride != layer.size:
+            return f"the fused trainer does not compute {layer_text(layer)!r} (a pooling whose stride is not its size)"
     return None
 
 
