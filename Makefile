@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-faults bench-cli \
+.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -51,20 +51,29 @@ smoke: $(RUNTIME)
 compare: $(RUNTIME)
 	$(BIN)/mnist-cnn compare --seeds 5 $(ARGS)
 
-## How many filters does this CNN need? The study of README: six variants x 5 seeds x 60 epochs
-## (hours: it spans sessions). Continues runs/study, else the published docs/study, else starts;
-## then publishes what has finished into docs/study (without models: a few MB, committed).
-STUDY := runs/study
-STUDY_DOCS := docs/study
-STUDY_MODELS := --models F8,F16,A,B,F128,AD --variants examples/study.toml
-STUDY_FLAGS := $(STUDY_MODELS) --seeds 5 --baseline A
-study: $(RUNTIME)
-	[ -d $(STUDY) ] || [ ! -d $(STUDY_DOCS) ] || cp -r $(STUDY_DOCS) $(STUDY)
-	if [ -f $(STUDY)/sweep.json ]; then $(BIN)/mnist-cnn compare --resume $(STUDY) $(ARGS); \
-	else $(BIN)/mnist-cnn compare $(STUDY_FLAGS) --out $(STUDY) $(ARGS); fi; \
+## A study: Model_A and variants x 5 seeds x 60 epochs on a local Ray, paired against Model_A
+## (hours: it spans sessions). $(call study,NAME,FLAGS) continues runs/NAME, else the published
+## docs/NAME, else starts; then publishes what has finished into docs/NAME (without models: a few
+## MB, committed), so the next session resumes from the published copy.
+define study
+	[ -d runs/$(1) ] || [ ! -d docs/$(1) ] || cp -r docs/$(1) runs/$(1)
+	if [ -f runs/$(1)/sweep.json ]; then $(BIN)/mnist-cnn compare --resume runs/$(1) $(ARGS); \
+	else $(BIN)/mnist-cnn compare $(2) --seeds 5 --baseline A --out runs/$(1) $(ARGS); fi; \
 	status=$$?; \
-	[ $$status = 0 ] || $(BIN)/mnist-cnn report $(STUDY) || true; \
-	$(BIN)/mnist-cnn publish $(STUDY) --out $(STUDY_DOCS); exit $$status
+	[ $$status = 0 ] || $(BIN)/mnist-cnn report runs/$(1) || true; \
+	$(BIN)/mnist-cnn publish runs/$(1) --out docs/$(1); exit $$status
+endef
+
+## How many filters does this CNN need? (README): six variants.
+STUDY_MODELS := --models F8,F16,A,B,F128,AD --variants examples/study.toml
+study: $(RUNTIME)
+	$(call study,study,$(STUDY_MODELS))
+
+## What makes this CNN better? (README): Model_A grown by one idea each, and the anchors' networks.
+BETTER_MODELS := --models A,AD,A_ADAM,A_AUG,A_BN,A_CONV2,KERAS_IO,PYTORCH \
+	--variants examples/anchors.toml --variants examples/better.toml
+better: $(RUNTIME)
+	$(call study,better,$(BETTER_MODELS))
 
 ## The specification as a notebook, in JupyterLab (the development set installs it).
 notebook: $(DEV)
@@ -99,6 +108,10 @@ bench-sweep: $(DEV)
 ## The same for the filter study's six variants: its seeds per hour here, in both layouts.
 bench-study: $(DEV)
 	$(BIN)/python bench/sweep_layout.py $(STUDY_MODELS) --epochs 3 --json docs/study-layout.json $(ARGS)
+
+## The same for the better study's eight networks.
+bench-better: $(DEV)
+	$(BIN)/python bench/sweep_layout.py $(BETTER_MODELS) --epochs 3 --json docs/better-layout.json $(ARGS)
 
 ## What --augment buys and costs: both models trained with and without it, 5 epochs.
 bench-augment: $(DEV)

@@ -205,7 +205,9 @@ def test_fused_trainer_refuses_other_backends() -> None:
 def test_a_refused_trainer_stops_the_run_before_anything_is_written(tmp_path, monkeypatch) -> None:
     from mnist_cnn.experiment import run_experiment
 
-    monkeypatch.setitem(MODEL_VARIANTS, "BN", SpecWithSmoothing(key="BN", name="Model_BN", filters=8, label_smoothing=0.1))
+    monkeypatch.setitem(
+        MODEL_VARIANTS, "BN", SpecWithSmoothing(key="BN", name="Model_BN", filters=8, label_smoothing=0.1)
+    )
     with pytest.raises(ConfigError, match="does not compute label_smoothing"):
         run_experiment(ExperimentConfig(models=("BN",), trainer="fused", limit=64, epochs=1), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -335,7 +337,9 @@ def test_over_many_masks_the_mean_dropout_loss_is_keras(key: str, images_and_lab
     noise = np.sqrt(np.var(fused_losses, ddof=1) / 200 + np.var(keras_losses, ddof=1) / 200)
     assert abs(difference) < 4 * noise, (difference, noise)
     inference = float(
-        fused.batch_loss_and_correct(state.params, state.stats, jnp.asarray(images), jnp.asarray(labels), spec.network())[0]
+        fused.batch_loss_and_correct(
+            state.params, state.stats, jnp.asarray(images), jnp.asarray(labels), spec.network()
+        )[0]
     )
     assert abs(np.mean(fused_losses) - inference) > 8 * noise  # Dropout moves the loss: the test can tell.
 
@@ -465,8 +469,15 @@ def test_fused_and_model_fit_reach_the_same_weights_for_every_example_network(
     key: str, small_splits, list_variants, keras_draws, monkeypatch
 ) -> None:
     """One epoch on 576 images (18 batches of 32), the same masks in both trainers for dropout:
-    the same weights, BatchNorm statistics and optimizer's result, and the same loss."""
+    the same weights, BatchNorm statistics and optimizer's result, and the same loss.
+
+    pytorch/examples' Adadelta at its learning rate of 1.0 with dropout makes the 18 steps chaotic:
+    rounding differences of 1e-8 grow to 1e-3, at 0.1 they stay at 1e-8 (and at 1.0 without
+    dropout too), so the test trains it at 0.1."""
     spec = MODEL_VARIANTS[key]
+    if spec.learning_rate is not None and spec.learning_rate >= 1:
+        spec = dataclasses.replace(spec, learning_rate=0.1)
+        monkeypatch.setitem(MODEL_VARIANTS, key, spec)
     masks = injected_masks(spec, 32, seed=9)
     if masks:
         keras_draws(masks)
@@ -481,7 +492,9 @@ def test_fused_and_model_fit_reach_the_same_weights_for_every_example_network(
         trained[trainer] = (model, train_model(model, small_splits, config))
     (fused_model, fused_result), (keras_model, keras_result) = trained["fused"], trained["keras"]
     assert len(fused_model.weights) == len(keras_model.weights)
-    for variable, got, want in zip(fused_model.weights, fused_model.get_weights(), keras_model.get_weights(), strict=True):
+    for variable, got, want in zip(
+        fused_model.weights, fused_model.get_weights(), keras_model.get_weights(), strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"{key} {variable.path}")
     assert fused_result.history[0]["loss"] == pytest.approx(keras_result.history[0]["loss"], rel=1e-4)
     assert fused_result.history[0]["val_loss"] == pytest.approx(keras_result.history[0]["val_loss"], rel=1e-4)

@@ -189,7 +189,12 @@ def test_tables_and_texts_take_any_number_of_models() -> None:
     assert all(len(row.cells) == 3 for row in rows)
     specs = [ModelSpec("X", "M1", 8), ModelSpec("Y", "M2", 16), ModelSpec("Z", "M3", 24, kernel_size=5)]
     assert architecture_sentences(specs[:2])[1] == "M1 has 8 filters, M2 16."
-    assert architecture_sentences(specs)[1].endswith("M3: 24 filters of 5×5, Dense 200 → Dense 100.")
+    assert architecture_sentences(specs[:2])[0] == (
+        "One network: Conv2D(filters) 3×3 → MaxPooling 2×2 → Flatten → Dense 200 → Dense 100 → Dense 10 (softmax)."
+    )
+    assert architecture_sentences(specs)[0].endswith(
+        "M3: Conv2D 24 5×5 → MaxPooling 2×2 → Flatten → Dense 200 → Dense 100 → Dense 10 (softmax)."
+    )
     assert comparison_waiting(["M1", "M2", "M3"], ["M1"]) == (
         "M2, M3 have not finished: the comparison needs every model of the run."
     )

@@ -239,7 +239,9 @@ def output_shape(index: int, text: str, layer: Layer, shape: Shape) -> Shape:
         case Pool():
             side = [(size - layer.size) // layer.stride + 1 for size in shape[:2]]
             if min(shape[:2]) < layer.size:
-                raise LayerError(index, text, f"leaves nothing: its input is {_shape_text(shape)}, smaller than the pool")
+                raise LayerError(
+                    index, text, f"leaves nothing: its input is {_shape_text(shape)}, smaller than the pool"
+                )
             return (*side, shape[2])
         case Flatten():
             return (math.prod(shape),)
@@ -310,7 +312,7 @@ class Network:
 
     def describe(self) -> str:
         """'Conv2D 32 3×3 → MaxPooling 2×2 → Flatten → Dense 200 → Dense 100 → Dense 10 (softmax)'."""
-        return " → ".join(_describe(layer) for layer in self.layers)
+        return " → ".join(describe_layer(layer) for layer in self.layers)
 
 
 def _kind(layer: Layer) -> str:
@@ -329,13 +331,16 @@ def _parameters(layer: Layer, shape: Shape) -> int:
             return 0
 
 
-def _describe(layer: Layer) -> str:
+def describe_layer(layer: Layer) -> str:
+    """'Conv2D 32 3×3', 'MaxPooling 2×2', 'Dense 200': one layer as the reports name it."""
     match layer:
         case Conv():
             extras = [f"stride {layer.stride}"] if layer.stride != 1 else []
             extras += ["'same'"] if layer.padding == "same" else []
             extras += [layer.activation] if layer.activation != "relu" else []
-            return f"Conv2D {layer.filters} {layer.kernel}×{layer.kernel}" + (f" ({', '.join(extras)})" if extras else "")
+            return f"Conv2D {layer.filters} {layer.kernel}×{layer.kernel}" + (
+                f" ({', '.join(extras)})" if extras else ""
+            )
         case Pool():
             stride = f" (stride {layer.stride})" if layer.stride != layer.size else ""
             return f"MaxPooling {layer.size}×{layer.size}{stride}"
@@ -359,7 +364,7 @@ def _describe(layer: Layer) -> str:
 def parse_network(texts: Sequence[str]) -> Network:
     """The checked network of a layer list; a LayerError for the first layer that cannot be built."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ConfigError(f"layers must be a list of strings such as [\"conv 32 3\", \"pool 2\"], got {texts!r}")
+        raise ConfigError(f'layers must be a list of strings such as ["conv 32 3", "pool 2"], got {texts!r}')
     if not texts:
         raise ConfigError("layers is empty: list at least 'flatten' (the Dense 10 softmax comes after it)")
     layers = [parse_layer(index, text) for index, text in enumerate(texts)]

@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from mnist_cnn.core import network as net
 from mnist_cnn.core.config import PREDICTION_INDICES, ExperimentConfig, ModelSpec
 from mnist_cnn.core.errors import UserError
 from mnist_cnn.core.files import write_text
@@ -259,7 +260,7 @@ def run_context(run: RunFolder, splits: MnistSplits | None, models: dict[str, An
     for position, section in enumerate(sections):
         view: dict[str, Any] = {
             "name": section.spec.name,
-            "filters": section.spec.filters,
+            "network": section.spec.network().describe(),
             "missing": section.missing,
             "layers": layer_table(architecture(section)),
             "parameters": int(architecture(section).count_params()),
@@ -378,39 +379,33 @@ def comparison_waiting(names: list[str], finished: list[str]) -> str | None:
 
 
 def architecture_sentences(specs: list[ModelSpec]) -> list[str]:
-    """The CNN the run's models share and what each one sets (its filters), from the config."""
-
-    def dense(units: tuple[int, ...]) -> str:
-        return " → ".join(f"Dense {count}" for count in units)
+    """The networks of the run's models, from their layer lists (core.network): one sentence for the
+    network they share and one for the filters of each when only the first convolution's filters
+    differ (Model_A and Model_B), else one description per model."""
 
     def extras(spec: ModelSpec) -> str:
-        """What a variant sets beyond the layers: dropout, its own optimizer."""
-        parts = [f"dropout {spec.dropout:g}"] if spec.dropout else []
+        """What a variant sets beyond its layers: its own optimizer, augmentation."""
+        parts = []
         if spec.optimizer or spec.learning_rate:
             rate = spec.learning_rate or "of the run"
             parts.append(f"optimizer {spec.optimizer or 'of the run'} (learning rate {rate})")
+        if spec.augment:
+            parts.append("trained on augmented images")
         return f" ({', '.join(parts)})" if parts else ""
 
-    shared = {(spec.kernel_size, spec.dense_units) for spec in specs}
-    if len(shared) == 1:
-        ((kernel, units),) = shared
-        filters = [f"{spec.name} {spec.filters}{extras(spec)}" for spec in specs]
-        filters[0] = f"{specs[0].name} has {specs[0].filters} filters{extras(specs[0])}"
-        return [
-            f"One builder: Conv2D(filters, {kernel}×{kernel}, stride 1, 'valid', ReLU) → MaxPooling 2×2 → Flatten → "
-            f"{dense(units)} → Dense 10 (softmax).",
-            ", ".join(filters) + ".",
-        ]
-    return [
-        "One builder: Conv2D(filters, kernel, stride 1, 'valid', ReLU) → MaxPooling 2×2 → Flatten → "
-        "Dense layers → Dense 10 (softmax).",
-        "; ".join(
-            f"{spec.name}: {spec.filters} filters of {spec.kernel_size}×{spec.kernel_size}, {dense(spec.dense_units)}"
-            f"{extras(spec)}"
-            for spec in specs
-        )
-        + ".",
-    ]
+    def shared_shape(spec: ModelSpec) -> tuple | None:
+        first, *rest = spec.network().layers
+        return (dataclasses.replace(first, filters=0), *rest) if isinstance(first, net.Conv) else None
+
+    shapes = {shared_shape(spec) for spec in specs}
+    if len(shapes) == 1 and None not in shapes:
+        (layers,) = shapes
+        first = layers[0]
+        described = [f"Conv2D(filters) {first.kernel}×{first.kernel}", *map(net.describe_layer, layers[1:])]
+        filters = [f"{spec.name} {spec.network().layers[0].filters}{extras(spec)}" for spec in specs]
+        filters[0] = f"{specs[0].name} has {specs[0].network().layers[0].filters} filters{extras(specs[0])}"
+        return [f"One network: {' → '.join(described)}.", ", ".join(filters) + "."]
+    return ["; ".join(f"{spec.name}: {spec.network().describe()}{extras(spec)}" for spec in specs) + "."]
 
 
 def write_run_report(
