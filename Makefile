@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli \
+.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format docs docs-linkcheck bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -90,13 +90,27 @@ test-fast: $(DEV) $(WEB)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## ruff: lint and format check (CI runs it before the tests).
+LINTED := src tests bench docs/site
 lint: $(DEV)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: $(DEV)
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+## The documentation site (docs/site: Sphinx, MyST Markdown, furo) into build/docs/html/; open its
+## index.html. Warnings are errors: a broken cross-reference, image or internal link fails it
+## (tests/test_docs.py builds it the same way in CI). -E reads every page again: the CLI reference
+## and the result tables are written from the code and docs/*.json, which Sphinx does not watch.
+DOCS_OUT := build/docs
+docs: $(DEV)
+	$(BIN)/python -m sphinx -W -n -E -q -b html docs/site $(DOCS_OUT)/html $(ARGS)
+	@echo "the site: $(DOCS_OUT)/html/index.html"
+
+## The site's external links too (needs the network, so not in CI).
+docs-linkcheck: $(DEV)
+	$(BIN)/python -m sphinx -W -n -q -b linkcheck docs/site $(DOCS_OUT)/linkcheck $(ARGS)
 
 bench: $(DEV)
 	$(BIN)/python bench/train_speed.py $(ARGS)
@@ -159,4 +173,4 @@ lock:
 		-o requirements/dev.txt pyproject.toml
 
 clean:
-	rm -rf $(VENV) runs/smoke
+	rm -rf $(VENV) runs/smoke $(DOCS_OUT)
