@@ -191,17 +191,22 @@ def test_the_model_fit_trainer_resumes_exactly_too(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_dropout_variant_resumes_with_the_very_same_masks(tmp_path: Path) -> None:
-    """The fused step draws batch b's dropout masks from (seed, epoch, b) only: killed after its
-    first epoch and resumed, a dropout variant ends bit-identical to a straight run."""
-    arguments = ["experiment", "--models", "AD", "--variant", "AD: dropout=0.5", "--limit", "320", "--epochs", "3"]
-    arguments += ["--seed", "5"]
+def test_a_batchnorm_and_dropout_network_resumes_bit_identical(tmp_path: Path) -> None:
+    """The fused step draws batch b's dropout masks from (seed, epoch, b) only, and BatchNorm's
+    moving statistics travel in the checkpoint: killed after its first epoch and resumed, a listed
+    network with both ends bit-identical to a straight run (its moving mean and variance too)."""
+    layers = '["conv 8 3 linear", "batchnorm", "relu", "pool 2", "dropout 0.3", "flatten", "dense 32", "dropout 0.5"]'
+    arguments = ["experiment", "--models", "BD", "--variant", f"BD: layers={layers}", "--limit", "320"]
+    arguments += ["--epochs", "3", "--seed", "5"]
     straight = tmp_path / "straight"
     assert cli(*arguments, "--out", straight).returncode == 0
     killed = tmp_path / "killed"
-    killed_at("epoch-end:Model_AD:1", killed, arguments)
+    killed_at("epoch-end:Model_BD:1", killed, arguments)
     resumed = cli("experiment", "--resume", killed)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Model_AD: resuming after epoch 1" in resumed.stdout
-    assert json.loads((killed / "config.json").read_text())["trainers"]["Model_AD"]["trainer"] == "fused"
-    assert_same_model(killed, straight, "Model_AD")
+    assert "Model_BD: resuming after epoch 1" in resumed.stdout
+    assert json.loads((killed / "config.json").read_text())["trainers"]["Model_BD"]["trainer"] == "fused"
+    assert_same_model(killed, straight, "Model_BD")
+    model = RunFolder(killed).model("Model_BD").load_model()
+    moving = model.get_layer("conv_batchnorm").moving_variance.numpy()
+    assert not np.allclose(moving, 1.0)  # Training moved the statistics that were saved.

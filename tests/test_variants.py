@@ -66,16 +66,16 @@ def test_dropout_layers_follow_the_pooling_and_each_hidden_layer() -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class SpecWithBatchNorm(ModelSpec):
+class SpecWithSmoothing(ModelSpec):
     """A spec with a field the fused trainer does not read (as a new ModelSpec field would be)."""
 
-    batch_norm: bool = False
+    label_smoothing: float = 0.0
 
 
 def test_a_spec_the_fused_trainer_does_not_compute_falls_back_to_model_fit() -> None:
     dropout = ModelSpec(key="AD", name="Model_AD", filters=32, dropout=0.5)
     own_optimizer = ModelSpec(key="AO", name="Model_AO", filters=32, optimizer="adam", learning_rate=0.001)
-    normed = SpecWithBatchNorm(key="AN", name="Model_AN", filters=32, batch_norm=True)
+    normed = SpecWithSmoothing(key="AN", name="Model_AN", filters=32, label_smoothing=0.1)
     choices = plan_trainers(ExperimentConfig(models=("A", "AD", "AO", "AN"), variants=(dropout, own_optimizer, normed)))
     assert [(choice.model, choice.trainer) for choice in choices] == [
         ("Model_A", "fused"),
@@ -83,15 +83,28 @@ def test_a_spec_the_fused_trainer_does_not_compute_falls_back_to_model_fit() -> 
         ("Model_AO", "fused"),  # The fused step applies the model's own compiled optimizer.
         ("Model_AN", "keras"),
     ]
-    assert choices[3].reason == "the fused trainer does not compute batch_norm"
+    assert choices[3].reason == "the fused trainer does not compute label_smoothing"
 
 
 def test_a_config_with_variants_round_trips_and_one_without_keeps_its_old_layout() -> None:
     variant = ModelSpec(key="F8", name="Model_F8", filters=8)
-    config = ExperimentConfig(models=("A", "F8"), variants=(variant,))
-    assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    listed = ModelSpec(
+        key="T", name="Model_T", layers=("conv 16 5 same", "batchnorm", "pool 2", "globalpool"), augment=True
+    )
+    config = ExperimentConfig(models=("A", "F8", "T"), variants=(variant, listed))
+    document = json.loads(json.dumps(config.to_dict()))
+    assert ExperimentConfig.from_dict(document) == config
+    # A family variant keeps the fields it always had; a listed one records its layers as written.
+    assert document["variants"][0] == {
+        "key": "F8", "name": "Model_F8", "filters": 8, "kernel_size": 3, "dense_units": [200, 100],
+        "dropout": 0.0, "optimizer": None, "learning_rate": None,
+    }  # fmt: skip
+    assert document["variants"][1] == {
+        "key": "T", "name": "Model_T", "optimizer": None, "learning_rate": None,
+        "layers": ["conv 16 5 same", "batchnorm", "pool 2", "globalpool"], "augment": True,
+    }  # fmt: skip
     assert "variants" not in ExperimentConfig().to_dict()
-    assert [spec.name for spec in config.model_specs()] == ["Model_A", "Model_F8"]
+    assert [spec.name for spec in config.model_specs()] == ["Model_A", "Model_F8", "Model_T"]
 
 
 BAD_FILES = [
@@ -102,7 +115,32 @@ BAD_FILES = [
     ("[X]\ndense_units = 200\n", "variants.toml:2: variant X: dense_units must be a list"),
     ('[X]\noptimizer = "lbfgs"\n', "variants.toml:2: variant X: Model_X: optimizer must be one of"),
     ("[X]\nfilters = 8\n[X]\nfilters = 9\n", "not valid TOML"),
-    ("[A]\nfilters = 8\n", "variant 'A' clashes with the built-in Model_A"),
+    ("[A]\nfilters = 8\n", "variants.toml:1: variant 'A' clashes with the built-in Model_A"),
+    # Layer lists: the line of the layer's own string.
+    (
+        '[X]\nlayers = [\n  "conv 8 3",\n  "conv2d 8",\n]\n',
+        "variants.toml:4: variant X: layer 2 'conv2d 8': unknown layer",
+    ),
+    (
+        '[X]\nlayers = ["conv 0 3", "flatten"]\n',
+        "variants.toml:2: variant X: layer 1 'conv 0 3': number of filters must",
+    ),
+    ('[X]\nlayers = ["conv 8 3", "dropout 1.5", "flatten"]\n', "layer 2 'dropout 1.5': the dropout rate must be"),
+    (
+        '[X]\nname = "x"\nlayers = [\n "conv 8 3",\n "pool 30",\n "flatten"]\n',
+        "variants.toml:5: variant X: layer 2 'pool 30': leaves nothing",
+    ),
+    ('[X]\nlayers = ["conv 8 3", "dense 10", "flatten"]\n', "layer 2 'dense 10': a Dense layer needs flat input"),
+    ('[X]\nlayers = ["flatten", "conv 8 3"]\n', "layer 2 'conv 8 3': comes after the features are flat"),
+    ('[X]\nlayers = ["conv 8 3", "pool 2"]\n', "the network ends with 13x13x8 feature maps"),
+    ('[X]\nlayers = ["conv 8 3 samee", "flatten"]\n', "layer 1 'conv 8 3 samee': unexpected 'samee'"),
+    ('[X]\nfilters = 8\nlayers = ["flatten"]\n', "variants.toml:2: variant X: Model_X: filters and layers both state"),
+    ('[X]\nlayers = "conv 8 3"\n', "variants.toml:2: variant X: layers must be a list"),
+    (
+        '[X]\nlayers = ["flatten"]\naugment = "yes"\n',
+        "variants.toml:3: variant X: Model_X: augment must be true or false",
+    ),
+    ('[X]\nname = "my model"\nfilters = 8\n', "variants.toml:2: variant X: variant name 'my model' must be"),
     ("filters = 8\n", "variants.toml:1: filters is not a variant table"),
     ("[X\nfilters = 8\n", "not valid TOML"),
     ("", "defines no variant"),
@@ -135,6 +173,44 @@ def test_bad_inline_variants_and_models_are_one_line(tmp_path: Path, arguments: 
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_family_fields_expand_to_the_specifications_list() -> None:
+    """Model_A is the list the specification states; the short fields write the same network."""
+    assert MODEL_VARIANTS["A"].layer_list() == ("conv 32 3", "pool 2", "flatten", "dense 200", "dense 100")
+    written = ModelSpec(key="L", name="Model_L", layers=MODEL_VARIANTS["A"].layer_list())
+    assert written.network().layers == MODEL_VARIANTS["A"].network().layers
+    assert written.parameter_count() == 1_103_230
+    dropout = ModelSpec(key="AD", name="Model_AD", filters=16, kernel_size=5, dense_units=(64,), dropout=0.25)
+    assert dropout.layer_list() == ("conv 16 5", "pool 2", "dropout 0.25", "flatten", "dense 64", "dropout 0.25")
+    assert dropout.network().names() == (
+        "conv",
+        "pool",
+        "pool_dropout",
+        "flatten",
+        "dense_1",
+        "dense_1_dropout",
+        "digit",
+    )
+
+
+@pytest.mark.parametrize("sweep", ["compare", "study"])
+def test_the_published_sweeps_load_unchanged(sweep: str) -> None:
+    """Every config.json of docs/compare and docs/study reads back to the same document, with the
+    parameter counts its statistics list."""
+    folder = Path(__file__).resolve().parent.parent / "docs" / sweep
+    statistics = (folder / "statistics.md").read_text(encoding="utf-8")
+    for path in sorted(folder.glob("seed-*/config.json")):
+        stored = json.loads(path.read_text(encoding="utf-8"))["config"]
+        config = ExperimentConfig.from_dict(stored)
+        assert config.to_dict() == stored, path
+        for spec in config.model_specs():
+            assert spec.name in statistics
+            if sweep == "study":  # Its ranking names each model's parameters.
+                assert (
+                    f"test accuracy, {spec.parameter_count():,} parameters"
+                    in statistics.split(f"{spec.name}: ")[1].split("\n")[0]
+                )
 
 
 def test_the_variants_command_lists_built_ins_and_the_files(tmp_path: Path) -> None:

@@ -47,6 +47,11 @@ def variant_from_fields(key: str, fields: dict[str, Any]) -> ModelSpec:
 
 def read_variants_file(path: Path) -> tuple[ModelSpec, ...]:
     """Every table of a TOML variants file as a spec, in file order."""
+    return tuple(spec for spec, _ in read_variants_with_lines(path))
+
+
+def read_variants_with_lines(path: Path) -> list[tuple[ModelSpec, str]]:
+    """Every table of a TOML variants file as a spec, with 'FILE:LINE' of its table, in file order."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -66,7 +71,7 @@ def read_variants_file(path: Path) -> tuple[ModelSpec, ...]:
             raise ConfigError(f"{path}:{field_line(text, None, key)}: {key} is not a variant table: write [{key}] "
                               "and its fields below it")  # fmt: skip
         try:
-            specs.append(variant_from_fields(key, table))
+            specs.append((variant_from_fields(key, table), f"{path}:{line}"))
         except LayerError as error:  # The line of the layer's own string.
             where = string_line(text, key, error.text) or field_line(text, key, "layers")
             raise ConfigError(f"{path}:{where}: variant {key}: {error}") from None
@@ -74,7 +79,7 @@ def read_variants_file(path: Path) -> tuple[ModelSpec, ...]:
             field = next((name for name in table if name in str(error)), None)
             where = field_line(text, key, field) if field else line
             raise ConfigError(f"{path}:{where}: variant {key}: {error}") from None
-    return tuple(specs)
+    return specs
 
 
 def table_line(text: str, key: str) -> int:
@@ -148,17 +153,21 @@ def toml_value(text: str) -> Any:
 
 def gather_variants(files: Sequence[Path], inline: Sequence[str]) -> tuple[ModelSpec, ...]:
     """The variants of every file and ``--variant``, checked together: no key twice, none a built-in's."""
-    specs = [spec for path in files for spec in read_variants_file(path)]
-    specs += [parse_inline_variant(text) for text in inline]
+    specs = [found for path in files for found in read_variants_with_lines(path)]
+    specs += [(parse_inline_variant(text), f"--variant {text!r}") for text in inline]
     check_keys(specs)
-    return tuple(specs)
+    return tuple(spec for spec, _ in specs)
 
 
-def check_keys(specs: Iterable[ModelSpec]) -> None:
-    seen: set[str] = set()
-    for spec in specs:
+def check_keys(specs: Iterable[tuple[ModelSpec, str]]) -> None:
+    """Each (spec, where it is defined): a key clashing with a built-in, or defined twice, is an
+    error naming where (the file and line, or the --variant)."""
+    seen: dict[str, str] = {}
+    for spec, where in specs:
         if spec.key in MODEL_VARIANTS:
-            raise ConfigError(f"variant {spec.key!r} clashes with the built-in Model_{spec.key}: give it another key")
+            raise ConfigError(
+                f"{where}: variant {spec.key!r} clashes with the built-in Model_{spec.key}: give it another key"
+            )
         if spec.key in seen:
-            raise ConfigError(f"variant {spec.key!r} is defined twice")
-        seen.add(spec.key)
+            raise ConfigError(f"{where}: variant {spec.key!r} is defined twice (first at {seen[spec.key]})")
+        seen[spec.key] = where
