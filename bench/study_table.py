@@ -1,13 +1,15 @@
-"""The README's table of the filter study, printed from a published sweep (``docs/study``).
+"""The README's table of a study, printed from a published sweep (``docs/study``, ``docs/better``).
 
-The numbers in README's "How many filters does this CNN need?" come from here, not from a
-hand copy: per variant its filters and dropout, its parameters, its test accuracy (mean and
+The numbers in README's "How many filters does this CNN need?" and "What makes this CNN better?"
+come from here, not from a hand copy: per variant its network (its filters and dropout for the
+specification's family, else its layers) and what else it sets, its parameters, its test accuracy (mean and
 95 % CI over the seeds), the paired difference to the baseline with its 95 % CI and the
 Holm-adjusted p-value, and its median seconds per epoch as a ratio to the baseline's
 (geometric mean over the seeds, with its 95 % CI). Then one line per seed: where it ran
 and how long it took.
 
     python bench/study_table.py docs/study
+    python bench/study_table.py docs/better
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ import argparse
 import json
 from pathlib import Path
 
-BUILT_IN_FILTERS = {"Model_A": 32, "Model_B": 64}  # The specification's two; variants record theirs.
+from mnist_cnn.core.config import ModelSpec
+from mnist_cnn.core.sweep_results import SweepStatistics
 
 
-def architecture(name: str, variants: dict[str, dict]) -> str:
-    spec = variants.get(name)
-    if spec is None:
-        return str(BUILT_IN_FILTERS[name])
-    dropout = f", dropout {spec['dropout']:g}" if spec.get("dropout") else ""
-    return f"{spec['filters']}{dropout}"
+def architecture(spec: ModelSpec) -> str:
+    """'32', '32, dropout 0.5' for the specification's family; the layers otherwise; then what the
+    variant sets beyond its network (its optimizer, augmentation)."""
+    if spec.layers:
+        text = " → ".join(spec.network().describe().split(" → ")[:-1])  # The Dense 10 readout is every network's.
+    else:
+        text = f"{spec.filters}" + (f", dropout {spec.dropout:g}" if spec.dropout else "")
+    extras = [f"{spec.optimizer} {spec.learning_rate:g}"] if spec.optimizer else []
+    extras += ["augmented"] if spec.augment else []
+    return text + (f" ({', '.join(extras)})" if extras else "")
 
 
 def parameters(study: Path, seed: int, name: str) -> int:
@@ -36,12 +43,12 @@ def points(value: float) -> str:
 
 
 def model_rows(study: Path, statistics: dict) -> list[str]:
-    variants = {spec["name"]: spec for spec in statistics["experiment"]["variants"]}
+    specs = {spec.name: spec for spec in SweepStatistics.from_json(statistics).experiment.model_specs()}
     baseline = statistics["baseline"]
     comparisons = {comparison["second"]: comparison for comparison in statistics["comparisons"]}
     first_seed = statistics["seeds_finished"][0]
     rows = [
-        f"| model | filters | parameters | test accuracy, mean [95 % CI] | − {baseline}, points [95 % CI] "
+        f"| model | network | parameters | test accuracy, mean [95 % CI] | − {baseline}, points [95 % CI] "
         f"| Holm-adjusted p | s/epoch × {baseline}'s [95 % CI] |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -49,7 +56,7 @@ def model_rows(study: Path, statistics: dict) -> list[str]:
         accuracy = measures["test_accuracy"]
         cells = [
             name,
-            architecture(name, variants),
+            architecture(specs[name]),
             f"{parameters(study, first_seed, name):,}",
             f"{accuracy['mean'] * 100:.2f} % [{accuracy['ci_low'] * 100:.2f}, {accuracy['ci_high'] * 100:.2f}]",
         ]
