@@ -4,7 +4,7 @@ Reference ("the plain notebook way"): Keras ``model.fit`` on the TensorFlow back
 default settings: batch 32, shuffle, validation on the 6,000 held-out images every epoch
 (default validation batch size), ``steps_per_execution=1``, no XLA; the optimizer is the
 variant's own when it states one (examples/anchors.toml: KERAS_IO Adam 0.001, PYTORCH Adadelta
-1.0), else SGD(0.01), the specification's. Project: ``mnist_cnn.training.train_model`` with the
+1.0), else SGD(0.01), the specification's. Project: ``mnist_cnn.train.loop.train_model`` with the
 default ExperimentConfig (the fused JAX trainer on this machine), the same optimizer. Both sides
 build the network with the project's one builder (``build_variant`` / ``seeded_model``) and the
 optimizer with ``make_optimizer``.
@@ -36,6 +36,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -154,8 +155,8 @@ def fraction_of_peak(seconds_per_epoch: float, flops: float, peak_gflops: float)
 
 
 def known_variants(variants: Path | None) -> dict[str, ModelSpec]:
-    """The built-in variants and those of the ``variants`` file, by key (the file's refused by
-    read_variants_file with its line when a table is wrong)."""
+    """The built-in variants and those of the ``variants`` file, by key (a wrong table is a
+    ConfigError from read_variants_file, naming the file and line)."""
     from mnist_cnn.core.variants import read_variants_file
 
     return {**MODEL_VARIANTS, **({spec.key: spec for spec in read_variants_file(variants)} if variants else {})}
@@ -463,7 +464,7 @@ def main() -> None:
     measured = {
         "date": datetime.date.today().isoformat(),
         "cpu": summary["cpu"],
-        "command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "bench/train_speed.py", *sys.argv[1:]]),
         "note": args.note,
     }
     document = {"measured": measured, "summary": summary, "runs": results}
