@@ -233,9 +233,12 @@ def sweep_seeds(folder: str) -> Callable[[Source], str]:
 
 
 def architecture(name: str, variants: dict[str, dict], built_in: dict[str, int]) -> str:
+    """'32', '32, dropout 0.5' for the specification's family; the layers of a listed network."""
     spec = variants.get(name)
     if spec is None:
         return str(built_in[name])
+    if spec.get("layers"):
+        return ", ".join(f"`{layer}`" for layer in spec["layers"])
     dropout = f", dropout {spec['dropout']:g}" if spec.get("dropout") else ""
     return f"{spec['filters']}{dropout}"
 
@@ -308,6 +311,25 @@ def train_speed(source: Source) -> str:
     )
     header = ["", "notebook (s/epoch)", "mnist-cnn (s/epoch)", "speed-up", "test accuracy, notebook / mnist-cnn"]
     return table(header, rows, "lrrrr")
+
+
+def train_speed_networks(source: Source) -> str:
+    """The newest measurement of every network (the anchors' too): fused against model.fit."""
+    measurement = source.json("bench-results.json")["measurements"][-1]
+    rows = []
+    for name, model in measurement["summary"]["models"].items():
+        rows.append(
+            [
+                name,
+                model["project"]["optimizer"],
+                f"{model['network']['parameters']:,}",
+                f"{model['reference']['seconds_per_epoch_median']:.2f}",
+                f"{model['project']['seconds_per_epoch_median']:.2f}",
+                f"{model['ratio_reference_over_project']:.2f}×",
+            ]
+        )
+    header = ["network", "optimizer", "parameters", "model.fit (s/epoch)", "fused (s/epoch)", "speed-up"]
+    return table(header, rows, "llrrrr")
 
 
 def sweep_layout(source: Source) -> str:
@@ -490,6 +512,7 @@ TABLES: dict[str, Callable[[Source], str]] = {
     "study-variants": study_variants,
     "study-seeds": sweep_seeds("study"),
     "train-speed": train_speed,
+    "train-speed-networks": train_speed_networks,
     "sweep-layout": sweep_layout,
     "augment-effect": augment_effect,
     "serve-summary": serve_summary("serve-bench.json"),
