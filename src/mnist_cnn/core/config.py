@@ -41,7 +41,6 @@ DEFAULT_CPUS_PER_TRIAL = 1
 POLARITIES = ("auto", "light-on-dark", "dark-on-light")
 
 
-# MNIST images: 28x28 pixels, one channel; ten digits (core.network states them).
 # The fields that write the specification's family in short (core.network.family_layers).
 FAMILY_FIELDS = ("filters", "kernel_size", "dense_units", "dropout")
 
@@ -190,8 +189,8 @@ class ModelSpec:
 
     @property
     def pooled_size(self) -> int:
-        """Side of a family spec's feature map after the convolution and the 2x2 pooling (13 for a 3x3 kernel)."""
-        return (INPUT_SHAPE[0] - self.kernel_size + 1) // 2
+        """Side of the feature map after the first convolution and its pooling (13 for Model_A)."""
+        return self.network().shapes[1][0]
 
 
 _FAMILY_DEFAULTS = {"filters": None, "kernel_size": 3, "dense_units": (200, 100), "dropout": 0.0}
