@@ -166,6 +166,30 @@ def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None
     assert fixed.eta_seconds(epochs_left=120) == pytest.approx(600.0)  # The last trial runs alone.
 
 
+def test_sweep_eta_counts_what_a_trial_does_beyond_its_epochs_so_it_is_not_0_while_one_runs() -> None:
+    """Two trials side by side: when the first ends, the other has trained its epochs (none left)
+    but still evaluates and writes its results. The ETA is that work, as the first trial took it."""
+    progress = SweepProgress(total=2, concurrency=2)
+    progress.finished(trial_seconds=50.0, epochs_trained=4, training_seconds=30.0)  # 20 s beyond its epochs.
+    assert progress.eta_seconds(epochs_left=0, trials_left=1) == pytest.approx(20.0)  # Not 0m00s.
+    assert progress.eta_seconds(epochs_left=4, trials_left=2) == pytest.approx(4 * 30.0 / 4 / 2 + 2 * 20.0 / 2)
+    resumed = SweepProgress(total=3, concurrency=2)
+    resumed.finished(trial_seconds=14.0, epochs_trained=0, training_seconds=0.0)  # Only its results, 14 s.
+    assert resumed.eta_seconds(epochs_left=0, trials_left=1) == pytest.approx(14.0)
+    assert math.isnan(resumed.eta_seconds(epochs_left=120, trials_left=2))  # No epoch measured yet.
+
+
+def test_a_trial_records_the_seconds_its_own_epochs_took(tmp_path: Path) -> None:
+    from mnist_cnn.sweep.trials import seconds_trained
+
+    run = RunFolder(tmp_path / "seed-0").create()
+    scores = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+    rows = [{"epoch": epoch, **scores, "seconds": 10.0 * epoch} for epoch in (1, 2, 3)]
+    run.model("Model_A").write_history(rows)
+    # Resumed after epoch 1 of Model_A; Model_B not started (no history yet).
+    assert seconds_trained(run, {"Model_A": 1, "Model_B": 0}) == pytest.approx(20.0 + 30.0)
+
+
 def test_a_trial_whose_worker_died_is_one_line_naming_the_resume_command(tmp_path: Path) -> None:
     """A worker killed under the sweep (out of memory, SIGKILL, a long SIGSTOP) is not a bug in
     mnist-cnn: one line, exit 2, the command that continues from the last epoch."""
