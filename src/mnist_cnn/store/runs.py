@@ -472,13 +472,15 @@ class RunFolder:
         """Finished, with every model's metrics and history: all a sweep's statistics read.
 
         Unlike ``is_finished`` the model files may be missing: a published sweep
-        (``mnist-cnn publish``) leaves them out, and its seeds still count as done.
+        (``mnist-cnn publish``) leaves them out, and its seeds still count as done. So do the
+        seeds of a sweep copied without their status.json (docs/compare was, before publish kept
+        it): every run writes status.json before it trains, so a run without one that holds each
+        model's results is a copy of a finished run. Counted unfinished, such a seed was trained
+        again from scratch on ``compare --resume`` (its models' files are not there to keep).
         """
-        return (
-            self.is_run()
-            and self.read_status().get("state") == "finished"
-            and all(folder.metrics_path.is_file() and folder.history_path.is_file() for folder in self.model_folders())
-        )
+        if not self.is_run() or (self.status_path.is_file() and self.read_status().get("state") != "finished"):
+            return False
+        return all(folder.metrics_path.is_file() and folder.history_path.is_file() for folder in self.model_folders())
 
     # A run trained as a trial of a sweep
     @property

@@ -458,12 +458,14 @@ class CpuPlan:
         startable = min(waiting, self.concurrency() - len(running))
         return min(self.largest_node, max(1, free // startable))
 
-    def grow(self, waiting: int, running: list[int]) -> tuple[int, int] | None:
-        """(position in ``running``, new CPUs) of a trial worth restarting with more CPUs."""
-        if self.fixed is not None or waiting or not running:
+    def grow(self, waiting: int, running: list[int], growable: Sequence[bool] | None = None) -> tuple[int, int] | None:
+        """(position in ``running``, new CPUs) of a trial worth restarting with more CPUs; only a
+        trial ``growable`` says is still training (all of them when not given) is."""
+        candidates = [index for index in range(len(running)) if growable is None or growable[index]]
+        if self.fixed is not None or waiting or not candidates:
             return None
         free = self.total - sum(running)
-        position = min(range(len(running)), key=lambda index: running[index])
+        position = min(candidates, key=lambda index: running[index])
         if free < 1 or running[position] >= self.largest_node:
             return None
         return position, min(self.largest_node, running[position] + free)
@@ -501,6 +503,9 @@ def run_trials(
             run_dir = str(sweep.seed_run(seed).path.resolve())
             return trial.options(num_cpus=cpus).remote(sweep_config.for_seed(seed).to_dict(), run_dir, cpus)
 
+        def left_of(seed: int) -> int:
+            return epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed))
+
         waiting = list(seeds)
         running: dict[Any, RunningTrial] = {}
         progress = SweepProgress(total=len(seeds), concurrency=plan.concurrency(), shares_idle_cpus=plan.fixed is None)
@@ -509,13 +514,13 @@ def run_trials(
                 while (cpus := plan.next_trial(len(waiting), [t.cpus for t in running.values()])) is not None:
                     seed = waiting.pop(0)
                     running[submit(seed, cpus)] = RunningTrial(seed, cpus)
-                regrow_idle_cpus(ray, plan, waiting, running, submit, stream)
+                regrow_idle_cpus(ray, plan, waiting, running, submit, stream, left_of)
                 done, _ = ray.wait(list(running), num_returns=1)
                 finished = running.pop(done[0])
                 info = trial_result(ray, done[0], finished.seed, sweep)
                 progress.finished(info["wall_seconds"], info.get("epochs_trained", 0), info.get("training_seconds"))
                 unfinished = waiting + [trial.seed for trial in running.values()]
-                left = sum(epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed)) for seed in unfinished)
+                left = sum(left_of(seed) for seed in unfinished)
                 report_trial(stream, sweep.seed_run(finished.seed), info, progress, left, len(unfinished))
                 if on_trial is not None:
                     on_trial(finished.seed)
@@ -528,15 +533,33 @@ def run_trials(
         ray.shutdown()
 
 
+# A trial restarted with more CPUs loses its epoch in progress: one with no more than that left gains nothing.
+EPOCHS_WORTH_A_RESTART = 2
+
+
 def regrow_idle_cpus(
-    ray: Any, plan: CpuPlan, waiting: list[int], running: dict[Any, RunningTrial], submit: Any, stream: TextIO
+    ray: Any,
+    plan: CpuPlan,
+    waiting: list[int],
+    running: dict[Any, RunningTrial],
+    submit: Any,
+    stream: TextIO,
+    epochs_left_of: Callable[[int], int],
 ) -> None:
     """With no trial waiting and CPUs idle, restart a running trial with more of them.
 
-    It loses at most the epoch in progress: the new task resumes from the last checkpoint.
+    It loses at most the epoch in progress: the new task resumes from the last checkpoint. Only
+    a trial still training is restarted: not one whose task has ended and waits to be collected
+    (two trials often end together), nor one whose epochs are trained and that is writing its
+    results. Restarting those re-ran a finished trial and overwrote its record.
     """
     references = list(running)
-    change = plan.grow(len(waiting), [running[reference].cpus for reference in references])
+    ended, _ = ray.wait(references, num_returns=len(references), timeout=0) if references else ([], [])
+    growable = [
+        reference not in ended and epochs_left_of(running[reference].seed) >= EPOCHS_WORTH_A_RESTART
+        for reference in references
+    ]
+    change = plan.grow(len(waiting), [running[reference].cpus for reference in references], growable)
     if change is None:
         return
     reference = references[change[0]]
