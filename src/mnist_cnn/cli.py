@@ -144,8 +144,8 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="a TOML file of model variants, one table each ([F16] then filters = 16, or layers = [\"conv 32 3\", "
-        "\"pool 2\", \"flatten\"]); repeatable (default: none)",
+        help='a TOML file of model variants, one table each ([F16] then filters = 16, or layers = ["conv 32 3", '
+        '"pool 2", "flatten"]); repeatable (default: none)',
     )
     parser.add_argument(
         "--variant",
@@ -153,8 +153,8 @@ def add_variant_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="'KEY: field=value, ...'",
-        help="one variant inline, e.g. 'D: filters=32, dropout=0.5' or 'T: layers=[\"conv 16 5\", \"pool 2\", "
-        "\"flatten\"]'; repeatable (default: none)",
+        help='one variant inline, e.g. \'D: filters=32, dropout=0.5\' or \'T: layers=["conv 16 5", "pool 2", '
+        '"flatten"]\'; repeatable (default: none)',
     )
 
 
@@ -180,15 +180,16 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
 
 
 def tracking_from_args(args: argparse.Namespace) -> TrackingSettings | None:
-    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable) before anything is
-    trained; None: off."""
+    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable, a server
+    reachable) before anything is trained; None: off."""
     if getattr(args, "track", None) is None:
         return None
-    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_writable_store
+    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_reachable_server, require_writable_store
 
     settings = TrackingSettings.chosen(None if args.track is TRACK_DEFAULT else args.track, args.track_experiment)
     require_mlflow()
     require_writable_store(settings)
+    require_reachable_server(settings)
     return settings
 
 
@@ -443,7 +444,9 @@ def command_variants(args: argparse.Namespace, backend: str) -> int:
     specs = [*MODEL_VARIANTS.values(), *gather_variants(args.variant_files, args.inline_variants)]
     rows = [(spec.key, spec.name, f"{spec.parameter_count():,}", spec.describe()) for spec in specs]
     widths = [max(len(row[column]) for row in [("key", "name", "parameters", ""), *rows]) for column in range(3)]
-    print(f"{'key':<{widths[0]}}  {'name':<{widths[1]}}  {'parameters':>{widths[2]}}  network (what differs from Model_A)")
+    print(
+        f"{'key':<{widths[0]}}  {'name':<{widths[1]}}  {'parameters':>{widths[2]}}  network (what differs from Model_A)"
+    )
     for key, name, parameters, description in rows:
         print(f"{key:<{widths[0]}}  {name:<{widths[1]}}  {parameters:>{widths[2]}}  {description}")
     return 0
