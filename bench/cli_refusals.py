@@ -61,6 +61,7 @@ def bad_invocations() -> list[list[str]]:
         ["report", "/nonexistent"],
         ["export", RUN, "--format", "bogus"],
         ["track", "/nonexistent", "--track", "sqlite:///mlflow.db"],
+        ["experiment", "--track", "http://127.0.0.1:9"],
         ["publish", "/nonexistent", "--out", "copy"],
     ]
 

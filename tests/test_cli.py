@@ -11,6 +11,8 @@ from mnist_cnn import cli as cli_module
 from mnist_cnn.store.runs import RunFolder
 from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, cli, run_cli
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
 
 def test_experiment_writes_every_artifact(smoke_run: Path) -> None:
     config = json.loads((smoke_run / "config.json").read_text())
@@ -191,6 +193,38 @@ def test_a_file_where_a_folder_is_wanted_is_not_a_folder_and_a_missing_one_does_
         result = cli(*[replaced.get(argument, argument) for argument in command])
         assert result.returncode == 2, (path, result.stderr)
         assert message in result.stderr and not_said not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", FOLDER],
+        ["predict", FOLDER, "seven.png"],
+        ["serve", FOLDER],
+        ["evaluate", FOLDER],
+        ["export", FOLDER, "--format", "onnx"],
+        ["export", FOLDER, "--format", "web"],
+    ],
+    ids=lambda command: " ".join(command[:1] + command[2:]),
+)
+def test_a_sweep_folder_where_a_run_is_wanted_names_a_seed_run_to_give(tmp_path: Path, command: list[str]) -> None:
+    """A compare sweep holds one run per seed (seed-N/): the line says so and names one, the first
+    with a trained model (published sweeps leave the models out: then the first seed)."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1, 10, 2):
+        (sweep / f"seed-{seed}").mkdir(parents=True)
+        (sweep / f"seed-{seed}" / "config.json").write_text("{}")
+    (sweep / "sweep.json").write_text("{}")
+    for trained in (10, 2):
+        (sweep / f"seed-{trained}" / "Model_A").mkdir()
+        (sweep / f"seed-{trained}" / "Model_A" / "model.keras").write_bytes(b"")
+    (tmp_path / "seven.png").write_bytes(drawn_seven_png())
+    for path, suggested in ((sweep, sweep / "seed-2"), (DOCS / "compare", DOCS / "compare" / "seed-0")):
+        replaced = {FOLDER: path, "seven.png": tmp_path / "seven.png"}
+        result = cli(*[replaced.get(argument, argument) for argument in command])
+        assert result.returncode == 2, result.stderr
+        assert f"{path} is a sweep folder" in result.stderr and f"such as {suggested}\n" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 

@@ -97,6 +97,7 @@ def test_the_refusals_say_what_is_wrong(refusals: dict[str, dict]) -> None:
         "evaluate /nonexistent": "run folder /nonexistent does not exist",
         "predict /nonexistent-run x.png": "run folder /nonexistent-run does not exist",
         "report /nonexistent": "run folder /nonexistent does not exist",
+        "experiment --track http://127.0.0.1:9": "no MLflow tracking server can be reached there",
     }
     for invocation, message in expected.items():
         assert message in refusals[invocation]["stderr"], (invocation, refusals[invocation]["stderr"])

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,70 @@ def test_fixed_and_capped_cpu_plans() -> None:
         CpuPlan.of(workers=None, cpus_per_trial=8).for_cluster(total=16, largest_node=4)
 
 
+class FakeRay:
+    """What regrow_idle_cpus asks of Ray: which tasks have ended, and cancelling one."""
+
+    def __init__(self, ended: set[str]) -> None:
+        self.ended = ended
+        self.cancelled: list[str] = []
+
+    def wait(self, references: list[str], num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+        return [r for r in references if r in self.ended], [r for r in references if r not in self.ended]
+
+    def cancel(self, reference: str, force: bool = False) -> None:
+        self.cancelled.append(reference)
+
+
+@pytest.mark.parametrize(
+    ("ended", "epochs_left", "restarted"),
+    [
+        (set(), 60, True),  # Still training, the other CPU idle: it gets both.
+        ({"task-3"}, 0, False),  # Its task ended (not collected yet): a finished trial, never re-run.
+        (set(), 0, False),  # Its epochs are trained; it is writing its results.
+        (set(), 1, False),  # Only the epoch in progress left, which a restart would lose.
+    ],
+)
+def test_idle_cpus_go_only_to_a_trial_still_training(ended: set[str], epochs_left: int, restarted: bool) -> None:
+    from mnist_cnn.sweep.trials import RunningTrial, regrow_idle_cpus
+
+    ray = FakeRay(ended)
+    plan = CpuPlan.of(workers=None, cpus_per_trial=None).for_cluster(total=2, largest_node=2)
+    running = {"task-3": RunningTrial(seed=3, cpus=1)}
+    submitted: list[tuple[int, int]] = []
+
+    def submit(seed: int, cpus: int) -> str:
+        submitted.append((seed, cpus))
+        return "task-3-again"
+
+    stream = io.StringIO()
+    regrow_idle_cpus(ray, plan, [], running, submit, stream, lambda seed: epochs_left)
+    if restarted:
+        assert ray.cancelled == ["task-3"] and submitted == [(3, 2)] and set(running) == {"task-3-again"}
+        assert "restarting it with 2 CPUs" in stream.getvalue()
+    else:
+        assert ray.cancelled == [] and submitted == [] and set(running) == {"task-3"} and stream.getvalue() == ""
+
+
+def test_a_sweep_copied_without_status_files_resumes_keeping_every_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/compare was copied before publish kept status.json: a copy of it resumed (to add seeds,
+    as issue 32's 20-seed sweep does) keeps its five finished seeds instead of training them again."""
+    from mnist_cnn.sweep import trials
+
+    sweep_dir = tmp_path / "compare"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "docs" / "compare", sweep_dir)
+    sweep = SweepFolder.existing(sweep_dir)
+    assert not any(sweep.seed_run(seed).status_path.exists() for seed in sweep.seeds())
+    trained: list[int] = []
+    monkeypatch.setattr(trials, "run_trials", lambda config, sweep, seeds, *rest: trained.extend(seeds))
+    stream = io.StringIO()
+    trials.train_seeds(SweepConfig.from_json(sweep.read_settings()), sweep, stream=stream)
+    assert trained == []
+    assert stream.getvalue().count("already finished") == len(sweep.seeds()) == 5
+    assert sweep.publish(tmp_path / "published") == [0, 1, 2, 3, 4]
+
+
 def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None:
     progress = SweepProgress(total=3, concurrency=2)
     progress.finished(trial_seconds=14.0, epochs_trained=0)  # Resumed with both models already trained.
@@ -164,6 +229,30 @@ def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None
     assert progress.eta_seconds(epochs_left=120) == pytest.approx(120 * 614 / 120 / 2)  # Idle CPUs shared.
     fixed = SweepProgress(total=3, concurrency=2, shares_idle_cpus=False, done=2, seconds=600.0, epochs=120)
     assert fixed.eta_seconds(epochs_left=120) == pytest.approx(600.0)  # The last trial runs alone.
+
+
+def test_sweep_eta_counts_what_a_trial_does_beyond_its_epochs_so_it_is_not_0_while_one_runs() -> None:
+    """Two trials side by side: when the first ends, the other has trained its epochs (none left)
+    but still evaluates and writes its results. The ETA is that work, as the first trial took it."""
+    progress = SweepProgress(total=2, concurrency=2)
+    progress.finished(trial_seconds=50.0, epochs_trained=4, training_seconds=30.0)  # 20 s beyond its epochs.
+    assert progress.eta_seconds(epochs_left=0, trials_left=1) == pytest.approx(20.0)  # Not 0m00s.
+    assert progress.eta_seconds(epochs_left=4, trials_left=2) == pytest.approx(4 * 30.0 / 4 / 2 + 2 * 20.0 / 2)
+    resumed = SweepProgress(total=3, concurrency=2)
+    resumed.finished(trial_seconds=14.0, epochs_trained=0, training_seconds=0.0)  # Only its results, 14 s.
+    assert resumed.eta_seconds(epochs_left=0, trials_left=1) == pytest.approx(14.0)
+    assert math.isnan(resumed.eta_seconds(epochs_left=120, trials_left=2))  # No epoch measured yet.
+
+
+def test_a_trial_records_the_seconds_its_own_epochs_took(tmp_path: Path) -> None:
+    from mnist_cnn.sweep.trials import seconds_trained
+
+    run = RunFolder(tmp_path / "seed-0").create()
+    scores = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5}
+    rows = [{"epoch": epoch, **scores, "seconds": 10.0 * epoch} for epoch in (1, 2, 3)]
+    run.model("Model_A").write_history(rows)
+    # Resumed after epoch 1 of Model_A; Model_B not started (no history yet).
+    assert seconds_trained(run, {"Model_A": 1, "Model_B": 0}) == pytest.approx(20.0 + 30.0)
 
 
 def test_a_trial_whose_worker_died_is_one_line_naming_the_resume_command(tmp_path: Path) -> None:

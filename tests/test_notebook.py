@@ -6,6 +6,7 @@ right after the cell tagged ``parameters``), without needing papermill.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -73,6 +74,21 @@ def test_committed_notebook_is_valid_and_clean() -> None:
     parameters = notebook.cells[parameters_index(notebook)].source
     for name in ("epochs = 60", "limit = None", "seed = 42", "batch_size = 32", 'out_dir = "runs/notebook"'):
         assert name in parameters
+
+
+def test_papermill_knows_every_parameter_of_the_parameters_cell(caplog: pytest.LogCaptureFixture) -> None:
+    """papermill reads the names it may set from the ``parameters`` cell, one assignment a line, and
+    drops a line it cannot parse (one with a second ``=``, in its comment too): ``-p limit 600``, as
+    the documentation runs it, then warned "Passed unknown parameter: limit"."""
+    import papermill
+
+    notebook = read_notebook()
+    source = notebook.cells[parameters_index(notebook)].source
+    assigned = [node.targets[0].id for node in ast.parse(source).body if isinstance(node, ast.Assign)]
+    with caplog.at_level("WARNING", logger="papermill"):
+        known = papermill.inspect_notebook(str(NOTEBOOK))
+    assert list(known) == assigned == ["epochs", "limit", "seed", "batch_size", "out_dir"]
+    assert caplog.records == [], [record.getMessage() for record in caplog.records]
 
 
 @pytest.mark.slow

@@ -157,6 +157,25 @@ def test_rerunning_into_a_finished_run_keeps_it_and_other_settings_are_refused(
     assert "epochs 4 -> 5" in other.stderr and "--resume" in other.stderr
 
 
+def test_a_finished_run_given_again_is_not_marked_resumed(tmp_path: Path) -> None:
+    """`make smoke` twice: the second trains nothing and says the run was not resumed. A run stopped
+    in its reports (its models trained) and completed by a second command was resumed, and stays so."""
+    arguments = ("experiment", "--models", "A", "--limit", "64", "--epochs", "1", "--out", tmp_path / "run")
+    run = RunFolder(tmp_path / "run")
+    for _ in range(2):
+        result = cli(*arguments)
+        assert result.returncode == 0, result.stderr
+        assert run.read_status()["state"] == "finished" and run.read_status()["resumed"] is False
+        assert "<td>resumed</td><td>no</td>" in run.report_path.read_text()
+    assert "Model_A: already finished" in result.stdout
+    run.write_status("running")  # As a kill while it wrote its reports leaves it.
+    for _ in range(2):
+        result = cli(*arguments)
+        assert result.returncode == 0, result.stderr
+        assert run.read_status()["resumed"] is True
+        assert "<td>resumed</td><td>yes</td>" in run.report_path.read_text()
+
+
 @pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_no_half_written_file(tmp_path: Path) -> None:
     mount_point = tmp_path / "tiny"

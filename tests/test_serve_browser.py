@@ -4,6 +4,7 @@ the server's answers, the fall-back to the API, and the static site of ``export 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -126,6 +127,54 @@ def test_prepare_js_equals_prepare_digit_on_drawings(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- the served page, in Chromium
+
+
+def test_the_empty_pad_says_where_to_draw_and_the_hint_never_reaches_the_models() -> None:
+    """The page's own files, with no models behind them (the hint needs none): over the empty pad,
+    "Draw a digit here"; gone once there is ink or an upload, back after Clear. It lies over the pad,
+    not in it (the pad stays black: the models never read the words), and strokes go through it."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_serve import PAD_BRIGHTNESS
+
+    origin, web = "http://page.test", PREPARE_JS.parent
+
+    def page_files(route) -> None:
+        name = route.request.url.removeprefix(f"{origin}/") or "index.html"
+        if name == "models.json":
+            route.fulfill(json={"api": False, "runtime": None, "models": []})
+        elif name in ("index.html", "prepare.js"):
+            route.fulfill(path=web / name)
+        else:
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.route("**/*", page_files)
+        page.goto(f"{origin}/")
+        hint, pad = page.locator("#pad-hint"), page.locator("#pad")
+        seen = [(hint.is_visible(), hint.inner_text(), page.evaluate(PAD_BRIGHTNESS)["max"])]
+        hint_box, pad_box = hint.bounding_box(), pad.bounding_box()
+        draw(page, [(0.4, 0.5), (0.6, 0.5)])  # Across the words.
+        seen.append((hint.is_visible(), page.evaluate(PAD_BRIGHTNESS)["max"]))
+        page.click("#clear")
+        seen.append((hint.is_visible(), page.evaluate(PAD_BRIGHTNESS)["max"]))
+        upload = {"name": "seven.png", "mimeType": "image/png", "buffer": seven_png()}
+        page.set_input_files("#file", files=[upload])
+        page.wait_for_function("!document.getElementById('pad-hint').checkVisibility()")
+        browser.close()
+    assert seen == [(True, "Draw a digit here", 0), (False, 255), (True, 0)]
+    assert hint_box == pad_box
+
+
+def seven_png() -> bytes:
+    image = Image.new("RGB", (100, 100), "white")
+    ImageDraw.Draw(image).line([(20, 20), (80, 20), (45, 90)], fill="black", width=10)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

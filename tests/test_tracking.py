@@ -8,6 +8,7 @@ a server down or gone mid-run) never cost a result, and `track` completes the st
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -292,13 +293,48 @@ def test_without_mlflow_track_says_how_to_install_it(tmp_path: Path, monkeypatch
 # ---------------------------------------------------------------- faults never cost a result
 
 
-def test_a_tracking_server_that_is_down_costs_one_warning_and_nothing_else(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{free_port()}"  # Nothing listens there.
-    result = cli("train", "--model", "A", "--limit", "300", "--epochs", "2", "--out", tmp_path / "run", "--track", uri)
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: tracking in MLflow")]
-    assert len(warnings) == 1 and f"mnist-cnn track {tmp_path / 'run'} --track {uri}" in warnings[0]
-    assert RunFolder(tmp_path / "run").is_finished()
+UNREACHABLE_COMMANDS = {
+    "train": ["train", "--model", "A", "--limit", "300", "--epochs", "1", "--out", "OUT"],
+    "compare": ["compare", "--seeds", "2", "--limit", "300", "--epochs", "1", "--out", "OUT"],
+    "track": ["track", "RUN"],
+}
+
+
+@pytest.mark.parametrize("command", UNREACHABLE_COMMANDS)
+def test_a_tracking_server_that_cannot_be_reached_is_one_line_before_anything_trains(
+    tmp_path: Path, command: str
+) -> None:
+    """Not a warning full of urllib3's retries after the run: one line saying so and what to do, exit 2,
+    before anything is trained or written (tests/test_cli_speed.py: before Keras loads)."""
+    run = tmp_path / "run"  # A stand-in for `track`: the checks read no more than its config.json.
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    for uri in (f"http://127.0.0.1:{free_port()}", "http://127.0.0.1:9"):  # Nothing listens there.
+        paths = {"OUT": tmp_path / "out", "RUN": run}
+        result = cli(*[paths.get(word, word) for word in UNREACHABLE_COMMANDS[command]], "--track", uri)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"mnist-cnn: error: --track {uri}: no MLflow tracking server can be reached there (connection refused); "
+            "start one ('mlflow server --host HOST --port PORT'), give the address of one that runs, "
+            "or leave out --track\n"
+        )
+        assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_tracking_server_that_stops_answering_is_said_in_words(tmp_path: Path) -> None:
+    """Gone mid-run (the start was checked): the one warning says the server does not answer, not
+    urllib3's "HTTPConnectionPool(...): Max retries exceeded" that MLflow's message quotes."""
+    from mnist_cnn.track.mlflow_tracking import Tracker
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    stream = io.StringIO()
+    tracker = Tracker(TrackingSettings(uri=uri), stream, hint=tmp_path / "run")
+    assert tracker.attempt("logging Model_A's epochs", lambda: tracker.client) is None
+    assert stream.getvalue() == (
+        f"warning: tracking in MLflow at {uri} stopped while logging Model_A's epochs (the server does not answer); "
+        f"training goes on and the run folder keeps everything: fill the store in afterwards with "
+        f"'mnist-cnn track {tmp_path / 'run'} --track {uri}'\n"
+    )
 
 
 @pytest.mark.slow

@@ -180,15 +180,16 @@ def add_tracking_flags(parser: argparse.ArgumentParser, required: bool = False) 
 
 
 def tracking_from_args(args: argparse.Namespace) -> TrackingSettings | None:
-    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable) before anything is
-    trained; None: off."""
+    """The tracking settings, checked (URI, MLflow installed, a SQLite store writable, a server
+    reachable) before anything is trained; None: off."""
     if getattr(args, "track", None) is None:
         return None
-    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_writable_store
+    from mnist_cnn.track.mlflow_tracking import require_mlflow, require_reachable_server, require_writable_store
 
     settings = TrackingSettings.chosen(None if args.track is TRACK_DEFAULT else args.track, args.track_experiment)
     require_mlflow()
     require_writable_store(settings)
+    require_reachable_server(settings)
     return settings
 
 

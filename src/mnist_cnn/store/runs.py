@@ -55,7 +55,9 @@ from mnist_cnn.store.layout import (
     PREDICTIONS_FIGURE,
     PREDICTIONS_JSON,
     REPORT_FILE,
+    SEED_FOLDER_PREFIX,
     STATUS_FILE,
+    SWEEP_FILE,
     TRIAL_FILE,
     WEB_SITE_FOLDER,
 )
@@ -270,6 +272,11 @@ class RunFolder:
             )
         if not run.path.is_dir():
             raise RunFolderError(f"{run.path} is not a folder; pass a run folder, as written by 'mnist-cnn experiment'")
+        if not run.config_path.is_file() and (run.path / SWEEP_FILE).is_file():
+            raise RunFolderError(
+                f"{run.path} is a sweep folder (from 'mnist-cnn compare') holding one run per seed; "
+                f"give one seed's run folder, such as {seed_run_to_suggest(run.path)}"
+            )
         if not run.config_path.is_file():
             raise RunFolderError(
                 f"{run.path} is not a run folder (no {CONFIG_FILE}); pass a folder written by 'mnist-cnn experiment'"
@@ -472,13 +479,15 @@ class RunFolder:
         """Finished, with every model's metrics and history: all a sweep's statistics read.
 
         Unlike ``is_finished`` the model files may be missing: a published sweep
-        (``mnist-cnn publish``) leaves them out, and its seeds still count as done.
+        (``mnist-cnn publish``) leaves them out, and its seeds still count as done. So do the
+        seeds of a sweep copied without their status.json (docs/compare was, before publish kept
+        it): every run writes status.json before it trains, so a run without one that holds each
+        model's results is a copy of a finished run. Counted unfinished, such a seed was trained
+        again from scratch on ``compare --resume`` (its models' files are not there to keep).
         """
-        return (
-            self.is_run()
-            and self.read_status().get("state") == "finished"
-            and all(folder.metrics_path.is_file() and folder.history_path.is_file() for folder in self.model_folders())
-        )
+        if not self.is_run() or (self.status_path.is_file() and self.read_status().get("state") != "finished"):
+            return False
+        return all(folder.metrics_path.is_file() and folder.history_path.is_file() for folder in self.model_folders())
 
     # A run trained as a trial of a sweep
     @property
@@ -501,6 +510,19 @@ class RunFolder:
     def read_trial(self) -> dict[str, Any]:
         path = self.path / TRIAL_FILE
         return read_json(path) if path.is_file() else {}
+
+
+def seed_run_to_suggest(sweep_path: Path) -> Path:
+    """The sweep's seed run to name for a command that wants one run: the first (by seed) holding a
+    trained model, else the first there is, else ``seed-0``."""
+    runs = [
+        path
+        for path in sweep_path.glob(f"{SEED_FOLDER_PREFIX}*")
+        if path.name.removeprefix(SEED_FOLDER_PREFIX).isdigit() and (path / CONFIG_FILE).is_file()
+    ]
+    runs.sort(key=lambda path: int(path.name.removeprefix(SEED_FOLDER_PREFIX)))
+    trained = [path for path in runs if any(path.glob(f"*/{MODEL_FILE}"))]
+    return (trained or runs or [sweep_path / f"{SEED_FOLDER_PREFIX}0"])[0]
 
 
 def content_identity(path: Path) -> str:

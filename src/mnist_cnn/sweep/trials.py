@@ -81,25 +81,50 @@ def train_seed(experiment: dict[str, Any], run_dir: str, cpus: int) -> dict[str,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     run.write_trial(trial)  # Already now: a task cancelled or killed mid-way is still on record.
-    epochs_to_train = epochs_left(run, config)
+    before = epochs_by_model(run, config)
     started = time.perf_counter()
     with open(run.log_path, "a", encoding="utf-8") as log:
         run_experiment(config, run.path, stream=log)
     trial["wall_seconds"] = round(time.perf_counter() - started, 3)
-    trial["epochs_trained"] = epochs_to_train  # By this task: fewer than all when it resumed.
+    trial["epochs_trained"] = epochs_left_after(config, before)  # By this task: fewer than all when it resumed.
+    trial["training_seconds"] = round(seconds_trained(run, before), 3)  # The rest of wall_seconds: start, results.
     trial["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     run.write_trial(trial)
     return trial
 
 
-def epochs_left(run: RunFolder, experiment: ExperimentConfig) -> int:
-    """Epochs a seed's trial still has to train, counting its finished models and checkpoints."""
-    done = 0
+def epochs_by_model(run: RunFolder, experiment: ExperimentConfig) -> dict[str, int]:
+    """Epochs each model of a seed's trial has trained so far, from its finished folder or checkpoint."""
+    done = {}
     for spec in experiment.model_specs():
+        done[spec.name] = 0
         # A damaged checkpoint counts as not started: the trial itself will report it.
         with contextlib.suppress(UserError):
-            done += epochs_done(run.model(spec.name))
-    return experiment.epochs * len(experiment.model_specs()) - done
+            done[spec.name] = epochs_done(run.model(spec.name))
+    return done
+
+
+def epochs_left_after(experiment: ExperimentConfig, done: dict[str, int]) -> int:
+    return experiment.epochs * len(experiment.model_specs()) - sum(done.values())
+
+
+def epochs_left(run: RunFolder, experiment: ExperimentConfig) -> int:
+    """Epochs a seed's trial still has to train, counting its finished models and checkpoints."""
+    return epochs_left_after(experiment, epochs_by_model(run, experiment))
+
+
+def seconds_trained(run: RunFolder, before: dict[str, int]) -> float:
+    """Seconds the epochs trained since ``before`` (epochs per model) took, from the models' histories.
+
+    What a trial spends beyond them (starting, loading data, evaluating, writing its results)
+    does not grow with the epochs: the sweep's ETA counts it once per trial.
+    """
+    total = 0.0
+    for name, done in before.items():
+        folder = run.model(name)
+        if folder.history_path.is_file():
+            total += sum(row["seconds"] for row in folder.read_history()[done:])
+    return total
 
 
 # ---------------------------------------------------------------- the sweep (the driver)
@@ -433,12 +458,14 @@ class CpuPlan:
         startable = min(waiting, self.concurrency() - len(running))
         return min(self.largest_node, max(1, free // startable))
 
-    def grow(self, waiting: int, running: list[int]) -> tuple[int, int] | None:
-        """(position in ``running``, new CPUs) of a trial worth restarting with more CPUs."""
-        if self.fixed is not None or waiting or not running:
+    def grow(self, waiting: int, running: list[int], growable: Sequence[bool] | None = None) -> tuple[int, int] | None:
+        """(position in ``running``, new CPUs) of a trial worth restarting with more CPUs; only a
+        trial ``growable`` says is still training (all of them when not given) is."""
+        candidates = [index for index in range(len(running)) if growable is None or growable[index]]
+        if self.fixed is not None or waiting or not candidates:
             return None
         free = self.total - sum(running)
-        position = min(range(len(running)), key=lambda index: running[index])
+        position = min(candidates, key=lambda index: running[index])
         if free < 1 or running[position] >= self.largest_node:
             return None
         return position, min(self.largest_node, running[position] + free)
@@ -476,6 +503,9 @@ def run_trials(
             run_dir = str(sweep.seed_run(seed).path.resolve())
             return trial.options(num_cpus=cpus).remote(sweep_config.for_seed(seed).to_dict(), run_dir, cpus)
 
+        def left_of(seed: int) -> int:
+            return epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed))
+
         waiting = list(seeds)
         running: dict[Any, RunningTrial] = {}
         progress = SweepProgress(total=len(seeds), concurrency=plan.concurrency(), shares_idle_cpus=plan.fixed is None)
@@ -484,14 +514,14 @@ def run_trials(
                 while (cpus := plan.next_trial(len(waiting), [t.cpus for t in running.values()])) is not None:
                     seed = waiting.pop(0)
                     running[submit(seed, cpus)] = RunningTrial(seed, cpus)
-                regrow_idle_cpus(ray, plan, waiting, running, submit, stream)
+                regrow_idle_cpus(ray, plan, waiting, running, submit, stream, left_of)
                 done, _ = ray.wait(list(running), num_returns=1)
                 finished = running.pop(done[0])
                 info = trial_result(ray, done[0], finished.seed, sweep)
-                progress.finished(info["wall_seconds"], info.get("epochs_trained", 0))
+                progress.finished(info["wall_seconds"], info.get("epochs_trained", 0), info.get("training_seconds"))
                 unfinished = waiting + [trial.seed for trial in running.values()]
-                left = sum(epochs_left(sweep.seed_run(seed), sweep_config.for_seed(seed)) for seed in unfinished)
-                report_trial(stream, sweep.seed_run(finished.seed), info, progress, left)
+                left = sum(left_of(seed) for seed in unfinished)
+                report_trial(stream, sweep.seed_run(finished.seed), info, progress, left, len(unfinished))
                 if on_trial is not None:
                     on_trial(finished.seed)
             # A final regrow check is not needed: nothing is left running.
@@ -503,15 +533,33 @@ def run_trials(
         ray.shutdown()
 
 
+# A trial restarted with more CPUs loses its epoch in progress: one with no more than that left gains nothing.
+EPOCHS_WORTH_A_RESTART = 2
+
+
 def regrow_idle_cpus(
-    ray: Any, plan: CpuPlan, waiting: list[int], running: dict[Any, RunningTrial], submit: Any, stream: TextIO
+    ray: Any,
+    plan: CpuPlan,
+    waiting: list[int],
+    running: dict[Any, RunningTrial],
+    submit: Any,
+    stream: TextIO,
+    epochs_left_of: Callable[[int], int],
 ) -> None:
     """With no trial waiting and CPUs idle, restart a running trial with more of them.
 
-    It loses at most the epoch in progress: the new task resumes from the last checkpoint.
+    It loses at most the epoch in progress: the new task resumes from the last checkpoint. Only
+    a trial still training is restarted: not one whose task has ended and waits to be collected
+    (two trials often end together), nor one whose epochs are trained and that is writing its
+    results. Restarting those re-ran a finished trial and overwrote its record.
     """
     references = list(running)
-    change = plan.grow(len(waiting), [running[reference].cpus for reference in references])
+    ended, _ = ray.wait(references, num_returns=len(references), timeout=0) if references else ([], [])
+    growable = [
+        reference not in ended and epochs_left_of(running[reference].seed) >= EPOCHS_WORTH_A_RESTART
+        for reference in references
+    ]
+    change = plan.grow(len(waiting), [running[reference].cpus for reference in references], growable)
     if change is None:
         return
     reference = references[change[0]]
@@ -546,7 +594,9 @@ class SweepProgress:
 
     Counted in epochs, not trials: a resumed trial may train a few epochs or none (its
     models were finished before the sweep stopped), and its few seconds say nothing about
-    how long a whole trial takes.
+    how long a whole trial takes. What a trial spends beyond its epochs (starting, loading
+    the data, evaluating, writing its results) is counted once per trial still to finish:
+    a trial that has trained its epochs still runs, so its ETA is not 0.
     """
 
     total: int
@@ -554,23 +604,31 @@ class SweepProgress:
     shares_idle_cpus: bool = True  # CpuPlan auto: the last trials get the CPUs others leave.
     done: int = 0
     seconds: float = 0.0  # Wall time of the finished trials...
-    epochs: int = 0  # ...and the epochs they trained in it.
+    epochs: int = 0  # ...the epochs they trained in it...
+    overhead_seconds: float = 0.0  # ...and the part of it beyond those epochs.
 
-    def finished(self, trial_seconds: float, epochs_trained: int) -> None:
+    def finished(self, trial_seconds: float, epochs_trained: int, training_seconds: float | None = None) -> None:
+        """A trial ended; ``training_seconds`` (its epochs' time) None: not recorded, all of it counts as epochs."""
         self.done += 1
         self.seconds += trial_seconds
         self.epochs += epochs_trained
+        if training_seconds is not None:
+            self.overhead_seconds += max(0.0, trial_seconds - training_seconds)
 
-    def eta_seconds(self, epochs_left: int) -> float:
-        """``epochs_left`` at the finished trials' seconds per epoch, as many at once as run side by side."""
-        if self.epochs == 0:
+    def eta_seconds(self, epochs_left: int, trials_left: int = 0) -> float:
+        """``epochs_left`` at the finished trials' seconds per epoch, as many at once as run side by side,
+        plus each of ``trials_left`` trials' own work beyond its epochs, as the finished ones took."""
+        if self.done == 0 or (epochs_left and self.epochs == 0):
             return math.nan
         side_by_side = self.concurrency if self.shares_idle_cpus else min(self.concurrency, self.total - self.done)
-        return epochs_left * self.seconds / self.epochs / max(1, side_by_side)
+        per_epoch = (self.seconds - self.overhead_seconds) / self.epochs if self.epochs else 0.0
+        per_trial = self.overhead_seconds / self.done
+        epochs = epochs_left * per_epoch / max(1, side_by_side)
+        return epochs + trials_left * per_trial / max(1, min(side_by_side, trials_left))
 
 
 def report_trial(
-    stream: TextIO, run: RunFolder, trial: dict[str, Any], progress: SweepProgress, epochs_left: int
+    stream: TextIO, run: RunFolder, trial: dict[str, Any], progress: SweepProgress, epochs_left: int, trials_left: int
 ) -> None:
     for folder in run.model_folders():
         metrics = folder.read_metrics()
@@ -579,6 +637,6 @@ def report_trial(
             f"seed {trial['seed']:>3}  {metrics.model}  test accuracy {metrics.test_accuracy:.4f}  "
             f"training {format_duration(metrics.training_seconds)}  on {trial['host']}",
         )
-    eta = progress.eta_seconds(epochs_left)
+    eta = progress.eta_seconds(epochs_left, trials_left)
     left = f", ETA {format_duration(eta)}" if progress.done < progress.total and math.isfinite(eta) else ""
     say(stream, f"sweep: {progress.done}/{progress.total} trials done{left}")

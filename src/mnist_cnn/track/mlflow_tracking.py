@@ -8,9 +8,10 @@ is how a resumed run, a back-fill and a sweep's driver find the MLflow run to co
 instead of starting another. Epochs are logged with step = epoch, only those after the last
 one the store holds, so a resume neither repeats nor skips one.
 
-Tracking never costs a result: when the store fails (a server down at the start or gone
-mid-run) one warning line says so, tracking stops for the rest of the command, and the run
-goes on. MLflow (the extra ``tracking``) is imported only when tracking is on.
+Tracking never costs a result: a server that cannot be reached is refused in one line before
+anything trains (``require_reachable_server``), and when the store fails mid-run (a server
+gone) one warning line says so, tracking stops for the rest of the command, and the run goes
+on. MLflow (the extra ``tracking``) is imported only when tracking is on.
 """
 
 from __future__ import annotations
@@ -76,6 +77,46 @@ def require_mlflow() -> None:
         raise ConfigError(f"--track needs MLflow, which is not installed: {INSTALL_COMMAND}")
 
 
+# How long a tracking server has to answer before a command refuses it (Ray's own check waits as long).
+REACH_TIMEOUT_S = 5.0
+
+
+def require_reachable_server(settings: TrackingSettings) -> None:
+    """A tracking server that cannot be reached is one line before anything is trained or written.
+
+    Asked as MLflow's client would ask it (through the same proxy settings), for its ``/health``;
+    any HTTP answer, or a TLS handshake MLflow may be set to accept, means a server is there. Left
+    to MLflow, a server that is down cost a run its tracking with a warning full of urllib3's retries.
+    """
+    if settings.sqlite_path() is not None or not settings.uri.lower().startswith(("http://", "https://")):
+        return
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(settings.uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # It answered.
+    except (urllib.error.URLError, OSError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, ssl.SSLError):
+            return  # It answered; whether its certificate is accepted is MLflow's setting.
+        raise ConfigError(
+            f"--track {settings.uri}: no MLflow tracking server can be reached there ({reach_failure(reason)}); "
+            f"start one ('mlflow server --host HOST --port PORT'), give the address of one that runs, "
+            "or leave out --track"
+        ) from None
+
+
+def reach_failure(reason: object) -> str:
+    """'connection refused', 'no answer within 10 s': why a server could not be reached, in words."""
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {REACH_TIMEOUT_S:.0f} s"
+    text = getattr(reason, "strerror", None) or str(reason)
+    return text[:1].lower() + text[1:]
+
+
 def require_writable_store(settings: TrackingSettings) -> None:
     """A SQLite store this process cannot write is one line before anything is trained (MLflow
     would fail at its first write, mid-run). Tried for real, as SQLite and MLflow will write:
@@ -84,7 +125,7 @@ def require_writable_store(settings: TrackingSettings) -> None:
     The permission bits alone would not say it: root writes a file of mode 0444.
     """
     path = settings.sqlite_path()
-    if path is None:  # A server: one that is down costs a warning, never a result.
+    if path is None:  # A server: require_reachable_server asks it.
         return
     where = f"--track {settings.uri!r}"
     name, _, query = str(path).partition("?")  # sqlite:///PATH?mode=ro&uri=true: SQLite's URI options.
@@ -156,6 +197,21 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def failure_text(error: BaseException) -> str:
+    """Why a tracking step failed, in one line: a server that stopped answering says so, in words,
+    rather than with the urllib3 retries MLflow's message quotes."""
+    import requests  # MLflow's HTTP client, already loaded with it.
+
+    cause: BaseException | None = error
+    for _ in range(10):  # A chain of causes is short; never follow a loop in one.
+        if cause is None:
+            break
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return "the server does not answer"
+        cause = cause.__cause__ or cause.__context__
+    return first_line(error)
+
+
 def first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = lines[0] if lines else ""
@@ -216,14 +272,14 @@ class Tracker:
         except Exception as error:  # MLflow, SQLAlchemy and requests each raise their own kinds.
             if self.strict:
                 raise TrackingError(
-                    f"tracking in MLflow at {self.settings.uri} failed while {what} ({first_line(error)}); "
+                    f"tracking in MLflow at {self.settings.uri} failed while {what} ({failure_text(error)}); "
                     "check the URI and that the server is up, then run the command again"
                 ) from None
             self.stopped = True
             folder = f" {self.hint}" if self.hint else " RUN_DIR"
             say(
                 self.stream,
-                f"warning: tracking in MLflow at {self.settings.uri} stopped while {what} ({first_line(error)}); "
+                f"warning: tracking in MLflow at {self.settings.uri} stopped while {what} ({failure_text(error)}); "
                 f"training goes on and the run folder keeps everything: fill the store in afterwards with "
                 f"'mnist-cnn track{folder} --track {self.settings.uri}'",
             )
@@ -241,6 +297,8 @@ class Tracker:
             # Their INFO lines (creating tables...) are not ours to print; MLflow sets its level on import.
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # Nor urllib3's "Retrying..." warnings when a server stops answering: the warning line says so.
+            logging.getLogger("urllib3").setLevel(logging.ERROR)
 
             client = MlflowClient(tracking_uri=self.settings.uri)
             experiment = client.get_experiment_by_name(self.settings.experiment)
