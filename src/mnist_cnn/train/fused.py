@@ -39,6 +39,7 @@ that the Keras model is the one the builder makes of the spec, layer by layer, b
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -56,6 +57,7 @@ from mnist_cnn.core.errors import ConfigError
 from mnist_cnn.data.augment import augment_epoch, epoch_key
 from mnist_cnn.data.mnist import MnistSplits, epoch_order
 from mnist_cnn.train.models import keras_layer
+from mnist_cnn.train.progress import EpochBars, OnImages, no_bars
 from mnist_cnn.train.trainers import fused_refusal
 
 
@@ -433,13 +435,29 @@ def write_state(model: keras.Model, state: FusedState) -> None:
 
 
 def run_epoch(
-    step: Callable, state: FusedState, images: jax.Array, labels: jax.Array, batch_size: int, key: jax.Array
+    step: Callable,
+    state: FusedState,
+    images: jax.Array,
+    labels: jax.Array,
+    batch_size: int,
+    key: jax.Array,
+    on_images: OnImages | None = None,
 ) -> tuple[FusedState, float, float]:
     """One pass over ``images`` in their order (the last batch may be smaller, as in model.fit);
-    ``key``: the epoch's ``dropout_epoch_key``."""
+    ``key``: the epoch's ``dropout_epoch_key``; ``on_images`` (a bar's): told the images of the
+    steps that have finished, in order.
+
+    JAX dispatches a step and returns before it runs, and on CPU this loop dispatches the whole
+    epoch in a fraction of its time: a count of dispatched steps would be full long before the
+    epoch is. So the bar counts a step once its result is ready, asked without waiting
+    (``is_ready``) while the loop dispatches; once all are dispatched, it waits for them in
+    order, as the sums below would wait anyway. Training never waits for the bar.
+    """
     params, stats, optimizer_state = state.params, state.stats, state.optimizer_state
     losses, corrects = [], []
-    for batch, start in enumerate(range(0, len(images), batch_size)):
+    count = len(images)
+    running: collections.deque[tuple[int, jax.Array]] = collections.deque()  # (images done after it, its loss)
+    for batch, start in enumerate(range(0, count, batch_size)):
         params, stats, optimizer_state, loss, correct = step(
             params,
             stats,
@@ -451,19 +469,32 @@ def run_epoch(
         )
         losses.append(loss)
         corrects.append(correct)
+        if on_images is not None:
+            running.append((min(start + batch_size, count), loss))
+            while running and running[0][1].is_ready():
+                on_images(running.popleft()[0])
+    if on_images is not None:
+        for done, loss in running:
+            loss.block_until_ready()
+            on_images(done)
     total_loss = float(jnp.sum(jnp.stack(losses)))
     total_correct = int(jnp.sum(jnp.stack(corrects)))
     return FusedState(params, stats, optimizer_state), total_loss / len(images), total_correct / len(images)
 
 
 def train_epochs(
-    model: keras.Model, spec: ModelSpec, splits: MnistSplits, config: ExperimentConfig, first_epoch: int
+    model: keras.Model,
+    spec: ModelSpec,
+    splits: MnistSplits,
+    config: ExperimentConfig,
+    first_epoch: int,
+    bars: EpochBars | None = None,
 ) -> Iterator[tuple[int, dict[str, float]]]:
     """Train ``model`` from epoch ``first_epoch`` (0-based) to ``config.epochs``.
 
     After each epoch the Keras model holds the new weights, BatchNorm statistics and optimizer
     state, and the generator yields ``(epoch, logs)`` with the logs model.fit would give (plus
-    ``seconds``).
+    ``seconds``). ``bars``: each epoch's bar (train/progress.py), closed before it is yielded.
     """
     check_model(model, spec)
     network = spec.network()
@@ -476,15 +507,18 @@ def train_epochs(
     valid_labels = jnp.asarray(splits.y_valid.astype("int32"))
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
-        order = epoch_order(config.seed, epoch, len(images))
-        if augmentation is None:
-            epoch_images = images[order]
-        else:
-            epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, augmentation))
-        key = dropout_epoch_key(config.seed, epoch)
-        state, loss, accuracy = run_epoch(step, state, epoch_images, labels[order], config.batch_size, key)
-        val_loss, val_accuracy = evaluate_arrays(network, state, valid_images, valid_labels)
-        write_state(model, state)
+        with (bars or no_bars)(epoch, len(images)) as on_images:
+            order = epoch_order(config.seed, epoch, len(images))
+            if augmentation is None:
+                epoch_images = images[order]
+            else:
+                epoch_images = jnp.asarray(augment_epoch(splits.X_train[order], config.seed, epoch, augmentation))
+            key = dropout_epoch_key(config.seed, epoch)
+            state, loss, accuracy = run_epoch(
+                step, state, epoch_images, labels[order], config.batch_size, key, on_images
+            )
+            val_loss, val_accuracy = evaluate_arrays(network, state, valid_images, valid_labels)
+            write_state(model, state)
         logs = {
             "loss": loss,
             "accuracy": accuracy,
