@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format docs docs-linkcheck bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli \
+.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format docs docs-linkcheck bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli bench-serve-start \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -156,6 +156,13 @@ bench-faults: $(DEV)
 ## (exit code and seconds each, the max and median; every one is checked before Keras loads).
 bench-cli: $(DEV)
 	$(BIN)/python bench/cli_refusals.py $(ARGS)
+
+## How soon `serve` answers: from an empty numba cache (a first start on a machine), then again on
+## it, 1 and 2 workers: seconds to the announced address, to /readyz 200, to the compiled preparation.
+bench-serve-start: $(DEV)
+	[ -f $(SERVE_RUN)/Model_B/metrics.json ] || $(BIN)/mnist-cnn experiment --limit 12000 --epochs 2 \
+		--optimizer adam --learning-rate 0.001 --out $(SERVE_RUN)
+	$(BIN)/python bench/serve_start.py $(SERVE_RUN) --workers 1,2 $(ARGS)
 
 ## Regenerate requirements/runtime.txt and requirements/dev.txt from pyproject.toml with pip-tools,
 ## installed into a throwaway venv. Pins already in the files are kept unless pyproject.toml needs

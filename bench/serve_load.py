@@ -102,7 +102,10 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: fl
         if process is not None and process.poll() is not None:
             raise SystemExit(f"the server stopped: {process.stderr.read()}")
         try:
-            if httpx.get(f"{url}/api/models", timeout=2).status_code == 200:
+            ready = httpx.get(f"{url}/readyz", timeout=2)
+            # Measured with the compiled preparation: a server answers with NumPy's until it is
+            # loaded (a server from before that did not name it had compiled it first).
+            if ready.status_code == 200 and ready.json().get("preparation") != "compiling":
                 return
         except httpx.HTTPError:
             pass

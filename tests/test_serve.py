@@ -56,7 +56,10 @@ def server(smoke_run: Path) -> Iterator[str]:
     """The real app, served by uvicorn on a loopback port in a background thread."""
     from mnist_cnn.serve.app import create_app
 
-    with served(create_app(smoke_run)) as url:
+    app = create_app(smoke_run)
+    # The compiled preparation in use before the tests compare the server's digits with their own.
+    assert app.state.preparation.done.wait(timeout=600), "the image preparation was never compiled"
+    with served(app) as url:
         yield url
 
 
@@ -669,16 +672,133 @@ def test_a_worker_whose_port_was_taken_stops_the_server_in_one_line(capsys, monk
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0] and "--port" in lines[0], lines
 
 
-def test_a_start_that_compiles_the_preparation_says_so_and_a_quick_one_does_not(
+class HeldCompile:
+    """A preparation source (serve.preparation.Source) whose kernels are ready once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = threading.Event()
+
+    def wait(self) -> bool:
+        self.waiting.set()
+        return self.release.wait(timeout=120)
+
+    def stop(self) -> None:
+        self.release.set()
+
+
+def test_the_server_is_ready_before_the_compiled_preparation_and_switches_to_it(
+    smoke_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz waits for the models only: while the kernels compile (held here), the server is
+    ready and answers with the NumPy preparation; once they are ready it prepares with them, and
+    the answers are the same (the digits to the preparations' 1e-6: the probabilities to 1e-5, as
+    the 32-client test holds them, and the models' input PNG to one level of 255)."""
+    from fastapi.testclient import TestClient
+
+    from mnist_cnn.predict import kernels, preprocess
+    from mnist_cnn.serve.app import create_app
+
+    monkeypatch.setattr(preprocess, "_compiled", None)  # As in a new server process (restored after).
+    calls: list[int] = []
+    compiled_prepare = kernels.prepare
+
+    def counted_prepare(*arguments):
+        calls.append(1)
+        return compiled_prepare(*arguments)
+
+    monkeypatch.setattr(kernels, "prepare", counted_prepare)
+    held = HeldCompile()
+    app = create_app(smoke_run, preparation=held)
+    uploads = [mnist_upload(index, ("PNG", "JPEG")[index % 2], dark_on_light=index % 4 < 2) for index in range(8)]
+    with TestClient(app) as http:
+        assert held.waiting.wait(timeout=60)
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert ready.json()["preparation"] == "compiling"
+        before = [http.post("/api/predict", content=upload) for upload in uploads]
+        assert [response.status_code for response in before] == [200] * len(uploads)
+        assert calls == [] and preprocess._compiled is None  # The NumPy preparation answered.
+
+        held.release.set()
+        assert app.state.preparation.done.wait(timeout=600)
+        assert http.get("/readyz").json()["preparation"] == "compiled"
+        calls.clear()  # The switch's own warm-up.
+        after = [http.post("/api/predict", content=upload) for upload in uploads]
+        assert len(calls) == len(uploads)  # The compiled kernels answered now.
+    for old, new in zip(before, after, strict=True):
+        assert new.status_code == 200
+        old_answer, new_answer = old.json(), new.json()
+        seen = [
+            np.asarray(Image.open(io.BytesIO(data_url_bytes(answer["model_input_png"]))))
+            for answer in (old_answer, new_answer)
+        ]
+        assert np.abs(seen[0].astype(int) - seen[1]).max() <= 1  # A digit to 1e-6, rounded to bytes.
+        for name, answer in new_answer["predictions"].items():
+            assert answer["digit"] == old_answer["predictions"][name]["digit"]
+            np.testing.assert_allclose(
+                answer["probabilities"], old_answer["predictions"][name]["probabilities"], atol=1e-5
+            )
+
+
+def data_url_bytes(url: str) -> bytes:
+    import base64
+
+    return base64.b64decode(url.partition(",")[2])
+
+
+def test_workers_load_the_preparation_once_the_supervisor_says_it_is_compiled(tmp_path: Path) -> None:
+    """``serve --workers N``: each worker waits for the supervisor's word file, compiled or not,
+    and gives up when it is stopped (the server shutting down)."""
+    from mnist_cnn.serve.preparation import CompiledBySupervisor
+
+    word = tmp_path / "preparation"
+    waiting = CompiledBySupervisor(word)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(waiting.wait()))
+    thread.start()
+    word.write_text("compiled", encoding="utf-8")
+    thread.join(timeout=30)
+    assert outcome == [True]
+    word.write_text("numpy", encoding="utf-8")  # numba did not import in the supervisor's process.
+    assert CompiledBySupervisor(word).wait() is False
+    stopped = CompiledBySupervisor(tmp_path / "never")
+    stopped.stop()
+    assert stopped.wait() is False
+
+
+def test_the_compile_process_fills_numbas_cache_and_says_so_to_the_workers(tmp_path: Path) -> None:
+    """The real ``python -m mnist_cnn.serve.preparation``, as serve starts it: it exits 0 (numba's
+    cache filled, or found filled) and writes the workers' word."""
+    from mnist_cnn.serve.preparation import OwnProcessCompile
+
+    word = tmp_path / "preparation"
+    assert OwnProcessCompile(word_file=word).wait() is True
+    assert word.read_text(encoding="utf-8") == "compiled"
+
+
+def test_a_compile_that_takes_a_while_says_so_and_a_load_from_the_cache_does_not(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_cnn.serve import app
+    from mnist_cnn.serve import preparation
 
-    monkeypatch.setattr(app, "COMPILE_NOTICE_AFTER_S", 0.05)
-    monkeypatch.setattr(app, "use_compiled_preparation", lambda: time.sleep(0.5))  # Compiling.
-    app.compile_preparation()
-    assert "compiling the image preparation for this machine" in capsys.readouterr().out
-    monkeypatch.setattr(app, "use_compiled_preparation", lambda: True)  # Loaded from the cache.
-    app.compile_preparation()
-    time.sleep(0.2)
+    printed = ""
+
+    def compiling() -> bool:  # Compiles until the notice is out (no clock: as long as that takes).
+        nonlocal printed
+        deadline = time.monotonic() + 60
+        while "compiling the image preparation" not in printed and time.monotonic() < deadline:
+            printed += capsys.readouterr().out
+            time.sleep(0.01)
+        return True
+
+    monkeypatch.setattr(preparation, "COMPILE_NOTICE_AFTER_S", 0.0)
+    monkeypatch.setattr(preparation, "use_compiled_preparation", compiling)
+    assert preparation.fill_numba_cache() == 0
+    printed += capsys.readouterr().out
+    assert "compiling the image preparation for this machine in the background" in printed
+    assert printed.rstrip().endswith("the image preparation is compiled; the server prepares with it from now on")
+    monkeypatch.setattr(preparation, "COMPILE_NOTICE_AFTER_S", 600.0)
+    monkeypatch.setattr(preparation, "use_compiled_preparation", lambda: True)  # Loaded from the cache.
+    assert preparation.fill_numba_cache() == 0
     assert capsys.readouterr().out == ""

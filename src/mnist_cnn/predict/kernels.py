@@ -13,10 +13,11 @@ float32 (NEP 50: a Python float beside a float32 array is a float32), NumPy's pa
 for the centre of mass, and Python's round() (half to even). serve/web/prepare.js is the
 same port for the browser. tests/test_preprocess.py holds this against the reference.
 
-Compiled once per machine, at a server's start (preprocess.use_compiled_preparation):
-about 45 s on 2 cores the first time; ``cache=True`` keeps the machine code beside this
-file (or in the user's cache folder where that is read-only), and later starts load it in
-under a second.
+Compiled once per machine, in the background of a server's first start (serve.preparation:
+a short-lived process of its own runs preprocess.use_compiled_preparation, about 20 s of a
+core; the server prepares with NumPy meanwhile); ``cache=True`` keeps the machine code beside
+this file (or in the user's cache folder where that is read-only, or NUMBA_CACHE_DIR), and the
+server, and every later start, load it in under a second.
 """
 
 from __future__ import annotations

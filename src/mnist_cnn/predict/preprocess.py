@@ -505,16 +505,24 @@ def prepare_digit(image: Image.Image, name: str = "image", polarity: str = "auto
     if max(image.size) > WORKING_SIDE:  # A photo's detail is lost at 20 pixels anyway; work faster.
         image = image.resize(_fit(image.size[::-1], WORKING_SIDE), Image.Resampling.LANCZOS)
     gray = to_grayscale(image)
+    compiled = _compiled  # Read once: a server switches to the kernels while it answers (serve.app).
+    if compiled is None:
+        return prepare_gray(gray, name, polarity)
+    return _prepare_compiled(compiled, gray, name, polarity)
+
+
+def _prepare_compiled(kernels: ModuleType, gray: np.ndarray, name: str, polarity: str) -> np.ndarray:
+    """prepare_digit from the grayscale image on, with predict.kernels (``kernels``)."""
     small_width, small_height = _fit(gray.shape, BACKGROUND_SIDE)
     # The compiled path wants a border that pins the surface's six terms (a copy 8 pixels a
     # side or more); a sliver of an image takes the reference path.
-    if _compiled is None or min(small_width, small_height) < 8:
+    if min(small_width, small_height) < 8:
         return prepare_gray(gray, name, polarity)
     design, ring, _ = _surface_design(small_height, small_width)
-    frame, outcome = _compiled.prepare(gray, _compiled.POLARITY_CODES[polarity], design, ring)
-    if outcome == _compiled.BLANK:
+    frame, outcome = kernels.prepare(gray, kernels.POLARITY_CODES[polarity], design, ring)
+    if outcome == kernels.BLANK:
         raise ImageInputError(blank_message(name))
-    return frame if outcome == _compiled.PREPARED else prepare_gray(gray, name, polarity)
+    return frame if outcome == kernels.PREPARED else prepare_gray(gray, name, polarity)
 
 
 _compiled: ModuleType | None = None  # predict.kernels, once use_compiled_preparation() has run.
@@ -525,20 +533,30 @@ def use_compiled_preparation() -> bool:
     without the GIL, so that a server's preparing threads run side by side); False, and the
     NumPy path as before, where numba does not import (a Python it does not support yet).
 
-    For a server, called once at start-up: the first time on a machine numba compiles the
-    kernels (about a minute on 2 cores) and caches them; every later start loads them in
-    under a second. A one-off ``predict`` of a few images keeps the NumPy path.
+    The kernels are compiled (or loaded from numba's cache) first, and only then used: until
+    this returns, every image takes the NumPy path, the same digits to 1e-6, so a thread may
+    call this while others prepare images. The first time on a machine numba compiles them
+    (about 20 s of a core, a minute on a busy 2-core machine) and caches them; every later
+    call loads them in under a second. A server has a short-lived process of its own fill the
+    cache first (serve.app.Preparation); a one-off ``predict`` of a few images keeps the
+    NumPy path.
     """
     global _compiled
     try:
-        _compiled = importlib.import_module("mnist_cnn.predict.kernels")
+        kernels = importlib.import_module("mnist_cnn.predict.kernels")
     except ImportError:
         return False
     # Compiles for the types every call passes (to_grayscale's array, the cached read-only design).
     sample = Image.new("L", (64, 64), 0)
     sample.paste(255, (20, 12, 44, 52))
-    prepare_digit(sample, "warm-up")
+    _prepare_compiled(kernels, to_grayscale(sample), "warm-up", "auto")
+    _compiled = kernels
     return True
+
+
+def compiled_preparation_in_use() -> bool:
+    """Whether prepare_digit prepares with predict.kernels (use_compiled_preparation has run)."""
+    return _compiled is not None
 
 
 def blank_message(name: str) -> str:

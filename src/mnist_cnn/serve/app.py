@@ -24,9 +24,6 @@ import contextlib
 import inspect
 import logging
 import os
-import subprocess
-import sys
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,11 +37,12 @@ from starlette.requests import ClientDisconnect
 from mnist_cnn.core.config import POLARITIES, BatchingSettings, ServerSettings
 from mnist_cnn.core.errors import ImageInputError
 from mnist_cnn.predict.inference import check_onnxruntime, onnx_forward
-from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes, use_compiled_preparation
+from mnist_cnn.predict.preprocess import MAX_BYTES, digit_png, prepare_digit, read_image_bytes
 from mnist_cnn.serve.batching import InferenceWorker, Overloaded
 from mnist_cnn.serve.docs import add_documentation
 from mnist_cnn.serve.fast_path import PREDICT_PATH, FastPredict, read_body
 from mnist_cnn.serve.icon import favicon_png
+from mnist_cnn.serve.preparation import OwnProcessCompile, Preparation, Source
 from mnist_cnn.serve.schemas import (
     IMAGE_BODY,
     IMAGE_TYPES,
@@ -57,14 +55,27 @@ from mnist_cnn.serve.schemas import (
 from mnist_cnn.serve.site import add_browser_routes
 from mnist_cnn.store.runs import RunFolder
 
-COMPILE_NOTICE_AFTER_S = 5.0  # A start-up that compiles the preparation says so after this long.
 PREPARE_THREADS = 2
 logger = logging.getLogger("mnist_cnn.serve")
 
 
-def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime: str = "jax") -> FastAPI:
+DEFAULT_SOURCE = object()  # create_app's preparation: compiled by a process of its own (OwnProcessCompile).
+
+
+def create_app(
+    run_dir: Path,
+    settings: BatchingSettings | None = None,
+    runtime: str = "jax",
+    preparation: Source | None | object = DEFAULT_SOURCE,
+) -> FastAPI:
     """The app for one run folder; its models (``runtime`` jax) or their ONNX exports
-    (``runtime`` onnx) are loaded and compiled here, once."""
+    (``runtime`` onnx) are loaded and compiled here, once, and it is ready when they answer.
+
+    The image preparation is NumPy's until ``preparation`` (serve.preparation: by default a
+    process of its own that fills numba's cache) has the compiled kernels ready, then theirs,
+    the same digits: the app never waits for them. None: NumPy's (unless this process already
+    prepares with the kernels).
+    """
     run = RunFolder.existing(run_dir)
     runtime = ServerSettings(runtime=runtime).runtime  # An unknown runtime is refused in one line.
     if runtime == "onnx":
@@ -82,14 +93,18 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         for name, count in parameters.items()
     ]
     answerer = Answerer(worker)
-    # The compiled preparation (loaded from numba's cache, or compiled the first time on a machine)
-    # while the worker compiles the models.
-    compile_preparation()
-    worker.wait_ready()  # Compiles every batch shape now: the first user waits no longer than the rest.
+    # The compiled preparation in the background, from now on: the worker compiles the models meanwhile.
+    switch = Preparation(OwnProcessCompile() if preparation is DEFAULT_SOURCE else preparation).start()
+    try:
+        worker.wait_ready()  # Compiles every batch shape now: the first user waits no longer than the rest.
+    except BaseException:
+        switch.stop()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        switch.stop()
         worker.stop()
         answerer.stop()
 
@@ -103,15 +118,18 @@ def create_app(run_dir: Path, settings: BatchingSettings | None = None, runtime:
         redoc_url=None,
     )
     app.state.worker = worker
+    app.state.preparation = switch
     # The outermost of the app's own middleware: what a user adds later wraps it (fast_path says why).
     app.add_middleware(FastPredict, worker=worker, answer=answerer.answer)
     add_documentation(app)
     add_browser_routes(app, run, summaries)  # The page's script, models.json, ONNX models, onnxruntime-web.
-    add_routes(app, worker, answerer, {"run": run.identity(), "runtime": runtime, "models": summaries})
+    add_routes(app, worker, answerer, switch, {"run": run.identity(), "runtime": runtime, "models": summaries})
     return app
 
 
-def add_routes(app: FastAPI, worker: InferenceWorker, answerer: Answerer, listing: dict[str, Any]) -> None:
+def add_routes(
+    app: FastAPI, worker: InferenceWorker, answerer: Answerer, preparation: Preparation, listing: dict[str, Any]
+) -> None:
     """The page, the icon, health and readiness, the models' listing and the prediction route."""
     models = [summary["name"] for summary in listing["models"]]
 
@@ -129,11 +147,12 @@ def add_routes(app: FastAPI, worker: InferenceWorker, answerer: Answerer, listin
 
     @app.get("/readyz", summary="Readiness: models loaded and compiled", responses=READYZ_RESPONSES)
     def readyz() -> JSONResponse:
-        ready = worker.ready.is_set()
+        ready = worker.ready.is_set()  # The models answer; the preparation never holds readiness back.
         # Mean batch = answered / batches; each of `--workers N` processes counts its own.
         counts = {"answered": worker.answered, "batches": worker.batches, "process": os.getpid()}
+        described = {"runtime": listing["runtime"], "preparation": preparation.state}
         return JSONResponse(
-            {"ready": ready, "models": models, "runtime": listing["runtime"], **counts},
+            {"ready": ready, "models": models, **described, **counts},
             status_code=200 if ready else 503,
         )
 
@@ -251,34 +270,6 @@ def settle(answered: asyncio.Future, outcome: Any, error: BaseException | None) 
         answered.set_exception(error)
     else:
         answered.set_result(outcome)
-
-
-def compile_preparation(in_own_process: bool = False) -> None:
-    """use_compiled_preparation, with a line when it takes a while: the first start on a
-    machine compiles the kernels (about a minute on 2 cores), and a silent minute looks hung.
-
-    ``in_own_process``: compiled into numba's cache by a short-lived process, for ``--workers N``
-    to load at their start. Why: a worker compiling holds the GIL for long stretches, misses its
-    supervisor's health checks, and is killed and started again, compiling from scratch again.
-    """
-    notice = threading.Timer(
-        COMPILE_NOTICE_AFTER_S,
-        print,
-        ["mnist-cnn: compiling the image preparation for this machine (once: about a minute on 2 cores)"],
-        {"flush": True},
-    )
-    notice.daemon = True
-    notice.start()
-    try:
-        if in_own_process:
-            subprocess.run([sys.executable, "-c", COMPILE_PREPARATION], check=False)
-        else:
-            use_compiled_preparation()
-    finally:
-        notice.cancel()
-
-
-COMPILE_PREPARATION = "from mnist_cnn.predict.preprocess import use_compiled_preparation; use_compiled_preparation()"
 
 
 # FastAPI 0.16x's OpenTelemetry hooks, off where it has them: unused here, their check of the

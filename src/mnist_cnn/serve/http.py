@@ -31,6 +31,7 @@ import functools
 import json
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -245,7 +246,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, which on shutdown first takes every connection the kernel has accepted
     on its listening sockets: closing a listener resets the connections still in its queue, and
-    under load (the event loop behind its sockets) that queue holds requests at any moment."""
+    under load (the event loop behind its sockets) that queue holds requests at any moment.
+
+    ``on_started`` is called once it listens, before it reads any request (``serve`` announces
+    its address there: whoever reads the address finds the server answering)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.take_queued_connections()

@@ -11,6 +11,8 @@ import json
 import os
 import socket
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,46 +36,77 @@ WORKER_HEALTHCHECK_S = 60
 
 
 def serve(run_dir: Path, server: ServerSettings | None = None, settings: BatchingSettings | None = None) -> None:
-    """Serve the page and the API; ``server.workers`` > 1 runs that many processes on one port."""
+    """Serve the page and the API; ``server.workers`` > 1 runs that many processes on one port.
+
+    The address is announced once the server answers on it (/readyz 200): the models are loaded
+    and compiled by then, and the image preparation is compiled in the background
+    (serve.preparation), NumPy's answering meanwhile. Before, one line says it is loading."""
     import uvicorn
 
-    from mnist_cnn.serve.app import compile_preparation, create_app
+    from mnist_cnn.serve.app import create_app
+    from mnist_cnn.serve.preparation import WORD_FILE, OwnProcessCompile
 
     server = server or ServerSettings()
     host, port, workers = server.host, server.port, server.workers
     check_serve(run_dir, server)  # The folder, its models and the port: one line each, before anything starts.
-    print(
-        f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops",
-        flush=True,
+    how = f"{server.runtime}, {workers} workers" if workers > 1 else server.runtime
+    print(f"mnist-cnn: loading {run_dir} ({how}) to serve on port {port}", flush=True)
+    address = (
+        f"mnist-cnn: serving {run_dir} ({server.runtime}) on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops"
     )
     options = server_options(server.limits)
     if workers == 1:
         app = create_app(run_dir, settings, server.runtime)
-        instance = DrainingServer(uvicorn.Config(app, host=host, port=port, **options))
+        config = uvicorn.Config(app, host=host, port=port, **options)
+        instance = DrainingServer(config, on_started=lambda: print(address, flush=True))
         # As uvicorn.run: once drained, uvicorn hands the signal that stopped it on (Ctrl-C, SIGTERM).
         with contextlib.suppress(KeyboardInterrupt):
             instance.run()
         if not instance.started:
             sys.exit(STARTUP_FAILURE)
         return
-    compile_preparation(in_own_process=True)  # Once, here: every worker then loads it from numba's cache.
-    settings = settings or BatchingSettings()
-    handed = {"run_dir": str(run_dir), "runtime": server.runtime, **dataclasses.asdict(settings)}
-    os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
-    factory = "mnist_cnn.serve.process:app_from_environment"
-    config = uvicorn.Config(
-        factory,
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
-        **options,
-    )
-    if REUSE_PORT:
-        supervise_own_socket_workers(config)
-    else:  # uvicorn's own way: one socket, shared by the workers.
-        uvicorn.run(factory, factory=True, workers=workers, host=host, port=port, **options)
+    with tempfile.TemporaryDirectory(prefix="mnist-cnn-serve-") as folder:
+        # Compiled once, here, in the background: every worker loads it from numba's cache when
+        # the word file says so, and answers with NumPy's preparation until then.
+        compiling = OwnProcessCompile(word_file=Path(folder) / WORD_FILE)
+        threading.Thread(target=compiling.wait, name="mnist-cnn-preparation", daemon=True).start()
+        announcing = threading.Event()
+        threading.Thread(
+            target=announce_when_a_worker_is_ready, args=(Path(folder), address, announcing), daemon=True
+        ).start()
+        settings = settings or BatchingSettings()
+        handed = {"run_dir": str(run_dir), "runtime": server.runtime, "folder": folder, **dataclasses.asdict(settings)}
+        os.environ[SERVE_ENVIRONMENT] = json.dumps(handed)
+        factory = "mnist_cnn.serve.process:app_from_environment"
+        config = uvicorn.Config(
+            factory,
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **options,
+        )
+        try:
+            if REUSE_PORT:
+                supervise_own_socket_workers(config)
+            else:  # uvicorn's own way: one socket, shared by the workers.
+                uvicorn.run(factory, factory=True, workers=workers, host=host, port=port, **options)
+        finally:
+            announcing.set()
+            compiling.stop()
+
+
+READY_PREFIX = "ready-"  # A worker's file there once its app is ready (ready-PID).
+ANNOUNCE_POLL_S = 0.1
+
+
+def announce_when_a_worker_is_ready(folder: Path, address: str, stop: threading.Event) -> None:
+    """``serve --workers N``: the address, once the first worker's app answers (its ready- file)."""
+    while not stop.wait(ANNOUNCE_POLL_S):
+        if any(entry.name.startswith(READY_PREFIX) for entry in os.scandir(folder)):
+            print(address, flush=True)
+            return
 
 
 def server_options(limits: HttpLimits) -> dict[str, Any]:
@@ -85,10 +118,13 @@ def server_options(limits: HttpLimits) -> dict[str, Any]:
 def app_from_environment() -> FastAPI:
     """The app of one worker process of ``serve --workers N`` (uvicorn's app factory)."""
     from mnist_cnn.serve.app import create_app
+    from mnist_cnn.serve.preparation import WORD_FILE, CompiledBySupervisor
 
     settings = json.loads(os.environ[SERVE_ENVIRONMENT])
-    run_dir, runtime = Path(settings.pop("run_dir")), settings.pop("runtime")
-    return create_app(run_dir, BatchingSettings(**settings), runtime)
+    run_dir, runtime, folder = Path(settings.pop("run_dir")), settings.pop("runtime"), Path(settings.pop("folder"))
+    app = create_app(run_dir, BatchingSettings(**settings), runtime, CompiledBySupervisor(folder / WORD_FILE))
+    (folder / f"{READY_PREFIX}{os.getpid()}").touch()  # Listening a moment later: the supervisor announces it.
+    return app
 
 
 # Linux spreads the connections to one port over the sockets that listen on it with

@@ -48,6 +48,11 @@ class Readiness(BaseModel):
     ready: bool
     models: list[str]
     runtime: str = Field(description="what answers: jax (the Keras models) or onnx (onnxruntime on the exports)")
+    preparation: str = Field(
+        description="how uploads are prepared: compiled (numba's kernels), compiling (NumPy's preparation, the same "
+        "digits, until the kernels are ready) or numpy (where numba does not import)",
+        json_schema_extra={"enum": ["compiled", "compiling", "numpy"]},
+    )
     answered: int = Field(description="predictions answered since the start")
     batches: int = Field(description="forward passes that answered them (mean batch = answered / batches)")
     process: int = Field(description="the id of the server process that answered (one of --workers N)")
@@ -71,7 +76,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: error_response("no answer in time: the server is overloaded", headers=RETRY_AFTER_HEADER),
 }
 READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": Readiness, "description": "the models are loaded and compiled"},
+    200: {"model": Readiness, "description": "the models are loaded and compiled: the server answers"},
     503: {"model": Readiness, "description": "not ready yet: the models are still loading or compiling"},
 }
 
