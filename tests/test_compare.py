@@ -218,7 +218,7 @@ def test_a_sweep_copied_without_status_files_resumes_keeping_every_seed(
     trials.train_seeds(SweepConfig.from_json(sweep.read_settings()), sweep, stream=stream)
     assert trained == []
     assert stream.getvalue().count("already finished") == len(sweep.seeds()) == 5
-    assert sweep.publish(tmp_path / "published") == [0, 1, 2, 3, 4]
+    assert sweep.publish(tmp_path / "published").finished == [0, 1, 2, 3, 4]
 
 
 def test_sweep_eta_counts_epochs_so_a_resumed_trial_does_not_shrink_it() -> None:

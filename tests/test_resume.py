@@ -229,3 +229,27 @@ def test_a_batchnorm_and_dropout_network_resumes_bit_identical(tmp_path: Path) -
     model = RunFolder(killed).model("Model_BD").load_model()
     moving = model.get_layer("conv_batchnorm").moving_variance.numpy()
     assert not np.allclose(moving, 1.0)  # Training moved the statistics that were saved.
+
+
+def test_a_run_published_unfinished_trains_only_the_models_it_lacks(tmp_path: Path, straight_run: Path) -> None:
+    """What publish keeps of an unfinished seed: Model_A's results and predictions without its
+    model file, and no Model_B. The resume keeps Model_A from its results and trains Model_B,
+    as the straight run did."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run, run_dir)
+    run = RunFolder(run_dir)
+    run.model("Model_A").model_path.unlink()
+    shutil.rmtree(run.model("Model_B").path)
+    run.write_status("interrupted")
+    assert run.model("Model_A").has_results() and not run.model("Model_A").is_finished()
+
+    result = cli("experiment", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Model_A: already finished, kept from its results" in result.stdout
+    assert_same_model(run_dir, straight_run, "Model_B")
+    assert history(run_dir, "Model_A") == history(straight_run, "Model_A")
+    assert run.read_predictions() == RunFolder(straight_run).read_predictions()
+    assert run.model("Model_B").read_predictions() == RunFolder(straight_run).model("Model_B").read_predictions()
+    assert run.read_status()["state"] == "finished" and run.read_status()["resumed"]

@@ -228,6 +228,32 @@ def test_a_published_sweep_leaves_out_models_and_unfinished_seeds_and_resumes(do
     assert_same_document(as_plain_data(statistics.to_json()), as_plain_data(stored.to_json()))
 
 
+def test_of_an_unfinished_seed_publish_keeps_the_finished_models_results_only(docs_sweep: Path, tmp_path: Path) -> None:
+    """A seed longer than a session still gets somewhere: its finished models are published
+    (results and predictions, no model file) and a resume keeps them (tests/test_resume.py)."""
+    from mnist_cnn.core.results import Prediction, PredictionsOnTestImages
+
+    source = tmp_path / "sweep"
+    shutil.copytree(docs_sweep, source)
+    run = SweepFolder.existing(source).seed_run(4)
+    run.write_status("running")
+    answer = Prediction.from_probabilities([0.0] * 7 + [1.0] + [0.0] * 2)
+    finished, training = run.model("Model_A"), run.model("Model_B")
+    finished.write_predictions(PredictionsOnTestImages([0], [7], {"Model_A": [answer]}))
+    finished.model_path.write_bytes(b"a model")
+    training.metrics_path.unlink()  # Model_B still training: its checkpoint, no metrics.
+    training.checkpoint_path.write_bytes(b"a checkpoint")
+
+    result = cli("publish", source, "--out", tmp_path / "published")
+    assert result.returncode == 0, result.stderr
+    assert "finished seeds: 0, 1, 2, 3; seed 4 unfinished, its 1 finished model(s) kept (Model_A);" in result.stdout
+    copied = RunFolder(tmp_path / "published" / "seed-4")
+    assert sorted(path.name for path in copied.path.iterdir() if path.is_dir()) == ["Model_A"]
+    assert copied.model("Model_A").has_results() and not copied.model("Model_A").model_path.exists()
+    assert copied.config() == run.config() and copied.read_status()["state"] == "running"
+    assert not copied.has_results()
+
+
 def test_publish_refuses_a_folder_that_is_not_a_copy_of_the_sweep(docs_sweep: Path, tmp_path: Path) -> None:
     other = tmp_path / "notes"
     other.mkdir()

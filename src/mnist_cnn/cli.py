@@ -539,9 +539,8 @@ def command_track(args: argparse.Namespace, backend: str) -> int:
 def command_publish(args: argparse.Namespace, backend: str) -> int:
     from mnist_cnn.store.sweeps import SweepFolder
 
-    seeds = SweepFolder.existing(args.sweep_dir).publish(args.out)
-    finished = ", ".join(map(str, seeds)) or "none"
-    print(f"published {args.sweep_dir} to {args.out} (finished seeds: {finished}; models and checkpoints left out)")
+    published = SweepFolder.existing(args.sweep_dir).publish(args.out)
+    print(f"published {args.sweep_dir} to {args.out} ({published.describe()}; models and checkpoints left out)")
     return 0
 
 

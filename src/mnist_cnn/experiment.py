@@ -177,13 +177,19 @@ def train_all(
     )
     metrics: dict[str, ModelMetrics] = {}
     histories: dict[str, list[HistoryRow]] = {}
+    answers: dict[str, PredictionsOnTestImages] = {}
     for name in list(models):
         folder = run.model(name)
-        if folder.is_finished():
-            say(stream, f"{name}: already finished in {folder.path}, kept")
-            models[name] = folder.load_model()
-            metrics[name] = folder.read_metrics()
-            histories[name] = folder.read_history()
+        if folder.is_finished() or folder.has_results():
+            metrics[name], histories[name] = folder.read_metrics(), folder.read_history()
+            if folder.is_finished():
+                say(stream, f"{name}: already finished in {folder.path}, kept")
+                models[name] = folder.load_model()
+                answers[name] = model_predictions(models[name], splits, folder, reuse=True)
+            else:  # A seed published unfinished: the results are here, the model file was left out.
+                say(stream, f"{name}: already finished, kept from its results in {folder.path} (no model file)")
+                del models[name]
+                answers[name] = folder.read_predictions()
             for row in histories[name]:
                 progress.record(name, row["seconds"])
             continue
@@ -191,14 +197,14 @@ def train_all(
         result = train_with_checkpoints(
             models[name], trainer_of[name], splits, config, folder, progress, stream, on_epoch
         )
-        metrics[name] = finish_model(models[name], result, splits, folder)
+        metrics[name], answers[name] = finish_model(models[name], result, splits, folder)
         histories[name] = result.history
 
     fault_point("reports")
-    if len(models) > 1:
+    if len(metrics) > 1:
         plot_comparison(histories, run.comparison_figure_path)
     table = write_comparison(metrics, run, header=comparison_header(config, splits, metrics, trainers))
-    predictions = write_predictions(models, splits, run)
+    predictions = write_predictions(answers, splits, run)
     # report.html comes after status.json says finished (run_experiment), so its header says so.
     say(stream, summary_text(table, predictions, run.path, run.report_path))
     return metrics, models
@@ -242,11 +248,26 @@ def train_with_checkpoints(
     return train_model(model, splits, config, progress, resume=resume, on_epoch_end=save, trainer=trainer)
 
 
-def finish_model(model: keras.Model, result: TrainingResult, splits: MnistSplits, folder: ModelFolder) -> ModelMetrics:
-    """Evaluate a trained model and write its folder: model, history, curves, metrics."""
+def model_predictions(
+    model: keras.Model, splits: MnistSplits, folder: ModelFolder, reuse: bool = False
+) -> PredictionsOnTestImages:
+    """The model's answers for X_test[0..2], written into its folder: they outlive a published
+    copy that leaves the model file out. ``reuse``: a finished model's, when already written."""
+    if reuse and folder.predictions_path.is_file():
+        return folder.read_predictions()
+    answers = predict_test_images({folder.name: model}, splits, PREDICTION_INDICES)
+    folder.write_predictions(answers)
+    return answers
+
+
+def finish_model(
+    model: keras.Model, result: TrainingResult, splits: MnistSplits, folder: ModelFolder
+) -> tuple[ModelMetrics, PredictionsOnTestImages]:
+    """Evaluate a trained model and write its folder: model, history, curves, predictions, metrics."""
     folder.save_model(model)
     folder.write_history(result.history)
     plot_learning_curves(result.history, folder)
+    answers = model_predictions(model, splits, folder)
     fault_point(f"model-saved:{model.name}")
     metrics = ModelMetrics.from_training(
         model_name=model.name,
@@ -259,12 +280,19 @@ def finish_model(model: keras.Model, result: TrainingResult, splits: MnistSplits
     )
     folder.write_metrics(metrics)  # Written last: its presence marks the model finished.
     folder.remove_checkpoint()
-    return metrics
+    return metrics, answers
 
 
-def write_predictions(models: dict[str, keras.Model], splits: MnistSplits, run: RunFolder) -> PredictionsOnTestImages:
-    """The specification's last step: X_test[0], X_test[1], X_test[2] and every model's digit."""
-    result = predict_test_images(models, splits, PREDICTION_INDICES)
+def write_predictions(
+    answers: dict[str, PredictionsOnTestImages], splits: MnistSplits, run: RunFolder
+) -> PredictionsOnTestImages:
+    """The specification's last step: X_test[0], X_test[1], X_test[2] and every model's digit,
+    gathered from each model's own answers."""
+    result = PredictionsOnTestImages(
+        indices=list(PREDICTION_INDICES),
+        true_labels=[int(splits.y_test[index]) for index in PREDICTION_INDICES],
+        predictions={name: answer.predictions[name] for name, answer in answers.items()},
+    )
     run.write_predictions(result)
     plot_predictions(splits.X_test[list(PREDICTION_INDICES)], result, run.predictions_figure_path)
     return result

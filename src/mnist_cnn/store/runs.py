@@ -116,9 +116,25 @@ class ModelFolder:
         """The figure of ``metric`` (loss, accuracy) against epoch."""
         return self.path / f"{metric}.png"
 
+    @property
+    def predictions_path(self) -> Path:
+        """This model's own answers for X_test[0..2]: what the run's predictions.json needs of it
+        when its model file is not there (a seed published unfinished, `mnist-cnn publish`)."""
+        return self.path / PREDICTIONS_JSON
+
     def is_finished(self) -> bool:
         """metrics.json is written last, so with the model and history it marks a finished model."""
         return self.metrics_path.is_file() and self.model_path.is_file() and self.history_path.is_file()
+
+    def has_results(self) -> bool:
+        """Finished, its model file perhaps left out (published): metrics, history and its predictions."""
+        return self.metrics_path.is_file() and self.history_path.is_file() and self.predictions_path.is_file()
+
+    def write_predictions(self, predictions: PredictionsOnTestImages) -> None:
+        write_json(self.predictions_path, predictions.to_json())
+
+    def read_predictions(self) -> PredictionsOnTestImages:
+        return read_record(self.predictions_path, PredictionsOnTestImages.from_json)
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,20 @@ from mnist_cnn.store.layout import (
 )
 from mnist_cnn.store.lock import RunLock
 from mnist_cnn.store.runs import RunFolder, content_identity, fresh_path
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedSeeds:
+    """What ``publish`` copied: the finished seeds, and each unfinished seed's finished models."""
+
+    finished: list[int]
+    partial: dict[int, list[str]]
+
+    def describe(self) -> str:
+        text = f"finished seeds: {', '.join(map(str, self.finished)) or 'none'}"
+        for seed, names in self.partial.items():
+            text += f"; seed {seed} unfinished, its {len(names)} finished model(s) kept ({', '.join(names)})"
+        return text
 
 
 class SweepFolder:
@@ -126,7 +141,8 @@ class SweepFolder:
         config, status, trial record, log, metrics and history) in a few megabytes instead of
         the models' hundreds. A copy of it resumes: ``compare --resume`` keeps its seeds (their
         results are there) and trains only the others, so a long sweep can go on in another
-        session or on another machine. Unfinished seeds are left out. Publishing again into
+        session or on another machine. Of an unfinished seed, only its finished models are kept
+        (their results and predictions; ``compare --resume`` trains the rest). Publishing again into
         the same destination replaces it; the old copy goes only once the new one is complete.
         Returns the seeds published.
         """
@@ -142,6 +158,7 @@ class SweepFolder:
                     f"{destination} holds something other than a copy of this sweep; choose another folder"
                 )
         seeds = [seed for seed in self.seeds() if self.seed_run(seed).has_results()]
+        partial = self.unfinished_seeds_with_results(seeds)
         staging = destination.with_name(f".{destination.name}.publishing")
         shutil.rmtree(staging, ignore_errors=True)
         leave_out = shutil.ignore_patterns(MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE)
@@ -152,6 +169,15 @@ class SweepFolder:
                     shutil.copy2(path, staging / path.name)
             for seed in seeds:
                 shutil.copytree(self.seed_run(seed).path, staging / self.seed_run(seed).path.name, ignore=leave_out)
+            for seed, names in partial.items():  # The run's own files, and only its finished models.
+                run = self.seed_run(seed)
+                copied = staging / run.path.name
+                copied.mkdir()
+                for path in sorted(run.path.iterdir()):
+                    if path.is_file() and path.name != LOCK_FILE:
+                        shutil.copy2(path, copied / path.name)
+                for name in names:
+                    shutil.copytree(run.model(name).path, copied / name, ignore=leave_out)
             replaced = destination.with_name(f".{destination.name}.replaced")
             if destination.exists():
                 destination.rename(replaced)
@@ -160,7 +186,20 @@ class SweepFolder:
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             raise RunFolderError(f"could not publish {self.path} to {destination}: {error.strerror or error}") from None
-        return seeds
+        return PublishedSeeds(finished=seeds, partial=partial)
+
+    def unfinished_seeds_with_results(self, finished: list[int]) -> dict[int, list[str]]:
+        """Each unfinished seed's finished models (results and predictions, ModelFolder.has_results),
+        by seed; seeds with none are left out. Published, they spare a resume their training."""
+        partial = {}
+        for seed in self.seeds():
+            run = self.seed_run(seed)
+            if seed in finished or not run.is_run():
+                continue
+            names = [folder.name for folder in run.model_folders() if folder.has_results()]
+            if names:
+                partial[seed] = names
+        return partial
 
     def seeds(self) -> list[int]:
         """The seeds sweep.json asks for, in its order."""
