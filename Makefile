@@ -11,7 +11,7 @@ DEV := $(VENV)/.installed-dev
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: setup setup-dev experiment smoke compare study better notebook test test-fast lint format docs docs-linkcheck bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli bench-serve-start \
+.PHONY: setup setup-dev experiment bundle wheel smoke compare study better notebook test test-fast lint format docs docs-linkcheck bench bench-sweep bench-serve bench-augment bench-browser bench-study bench-better bench-faults bench-cli bench-serve-start \
 	lock clean
 
 $(RUNTIME): requirements/runtime.txt pyproject.toml
@@ -40,8 +40,22 @@ setup: $(RUNTIME) $(WEB)
 setup-dev: $(DEV)
 
 ## The full seed experiment: Model_A and Model_B, 60 epochs each, into runs/<timestamp>/.
-experiment: $(RUNTIME) $(WEB)
+experiment: $(RUNTIME)
 	$(BIN)/mnist-cnn experiment $(ARGS)
+
+## The bundled run (src/mnist_cnn/bundled, README "Trained models included"): the seed experiment,
+## its ONNX exports, copied into the package with SHA256SUMS. BUNDLE_RUN names a finished run to use.
+BUNDLE_RUN ?= runs/bundled
+bundle: $(DEV)
+	[ -f $(BUNDLE_RUN)/config.json ] || $(BIN)/mnist-cnn experiment --out $(BUNDLE_RUN)
+	$(BIN)/mnist-cnn export $(BUNDLE_RUN) --format onnx
+	$(BIN)/python -m mnist_cnn.store.bundled $(BUNDLE_RUN)
+
+## dist/mnist_cnn-<version>-py3-none-any.whl: the package, its bundled run and onnxruntime-web's files.
+wheel: $(RUNTIME) $(WEB)
+	rm -rf build dist
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
+	@ls -l dist/*.whl
 
 ## A one-minute end-to-end run on 600 images, 2 epochs.
 smoke: $(RUNTIME)

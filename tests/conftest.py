@@ -108,6 +108,17 @@ def bench_script(name: str) -> Any:
     return module
 
 
+def drawn_seven_png(size: tuple[int, int] = (300, 200), width: int = 16) -> bytes:
+    """A 7 drawn in black on white, as a JPEG photo of paper would hold it."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).line([(120, 40), (200, 40), (140, 170)], fill="black", width=width)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (for a server a test starts, or one it wants absent)."""
     with socket.socket() as probe:

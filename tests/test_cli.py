@@ -5,11 +5,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from mnist_cnn import cli as cli_module
 from mnist_cnn.store.runs import RunFolder
-from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, cli, run_cli
+from tests.conftest import SMOKE_EPOCHS, SMOKE_LIMIT, cli, drawn_seven_png, run_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -169,7 +169,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path: Path, smoke_run: Pat
 FOLDER = "FOLDER"  # Stands for the path under test in each command below.
 COMMANDS_OPENING_A_FOLDER = [
     ["evaluate", FOLDER],
-    ["predict", FOLDER],
+    ["predict", "--run", FOLDER],
     ["report", FOLDER],
     ["serve", FOLDER],
     ["export", FOLDER, "--format", "onnx"],
@@ -278,16 +278,6 @@ def test_a_bug_keeps_its_traceback_and_exits_1(smoke_run: Path, monkeypatch: pyt
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "KeyError: 'no such key'" in result.stderr
     assert "this is a bug in mnist-cnn" in result.stderr.splitlines()[-1]
-
-
-def drawn_seven_png(size: tuple[int, int] = (300, 200), width: int = 16) -> bytes:
-    import io
-
-    image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).line([(120, 40), (200, 40), (140, 170)], fill="black", width=width)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 def test_predict_image_files_processes_the_good_ones_and_reports_the_bad(smoke_run: Path, tmp_path: Path) -> None:

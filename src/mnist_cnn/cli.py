@@ -36,7 +36,7 @@ from mnist_cnn.core.config import (
     TrackingSettings,
     parse_seeds,
 )
-from mnist_cnn.core.errors import UserError
+from mnist_cnn.core.errors import ConfigError, UserError
 from mnist_cnn.core.variants import gather_variants
 from mnist_cnn.core.version import version_text
 
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flag(report)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run's saved models on the test set")
-    evaluate.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    add_run_arguments(evaluate)
     evaluate.add_argument("--data", default=None, help="MNIST source (default: the one the run used)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     add_backend_flag(evaluate)
@@ -272,12 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="predict digits in image files, or test-set digits, with a run's saved models"
     )
-    predict.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
     predict.add_argument(
-        "images",
+        "paths",
         nargs="*",
-        help="image files (PNG, JPEG, BMP, GIF, WebP; - for standard input) (default: none, use --index)",
+        metavar="PATH",
+        help="image files (PNG, JPEG, BMP, GIF, WebP; - for standard input), after an optional run folder "
+        "(a folder, or a missing path without a suffix) (default: none, use --index)",
     )
+    add_run_arguments(predict, positional=False)
     predict.add_argument(
         "--index",
         type=int,
@@ -305,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_flag(predict)
 
     serve = commands.add_parser("serve", help="the draw-a-digit web page and JSON API for a run's models")
-    serve.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    add_run_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     batching = BatchingSettings()
@@ -345,6 +347,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BUNDLED_RUN_TEXT = "the bundled run: Model_A and Model_B trained 60 epochs by the specification"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The run whose models answer: RUN_DIR (or --run RUN_DIR), else the bundled run (resolve_run)."""
+    if positional:
+        parser.add_argument(
+            "run_dir",
+            type=Path,
+            nargs="?",
+            default=None,
+            help=f"a run folder written by experiment or train (default: {BUNDLED_RUN_TEXT})",
+        )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help=f"a run folder written by experiment or train (default: {BUNDLED_RUN_TEXT})",
+    )
+
+
+def names_a_run_folder(path: Path) -> bool:
+    """predict's first path is the run folder when it is a folder, or when it is missing and has
+    no suffix as image files do (a mistyped run folder is then said to be missing, at once)."""
+    return path.is_dir() or (str(path) != "-" and not path.exists() and not path.suffix)
+
+
+def resolve_run(args: argparse.Namespace) -> None:
+    """evaluate, predict, serve and export: ``args.run_dir`` becomes the run folder to use, the one
+    given (RUN_DIR or --run; for predict, a first path that is a folder) or else the bundled run,
+    which nothing writes into: export then writes into ./exports/FORMAT."""
+    from mnist_cnn.store.bundled import bundled_run
+    from mnist_cnn.store.layout import EXPORTS_FOLDER, WEB_SITE_FOLDER
+
+    if args.command == "predict":
+        paths = list(args.paths)
+        if args.run is None and paths and names_a_run_folder(Path(paths[0])):
+            args.run = Path(paths.pop(0))
+        args.images = paths
+    elif args.run is not None and args.run_dir is not None:
+        raise ConfigError(f"two run folders given ({args.run_dir} and --run {args.run}): give one")
+    else:
+        args.run = args.run if args.run is not None else args.run_dir
+    args.bundled = args.run is None
+    args.run_dir = bundled_run() if args.bundled else args.run
+    if args.command == "export" and args.bundled and args.out is None:
+        args.out = Path(EXPORTS_FOLDER) / (WEB_SITE_FOLDER if args.format == "web" else args.format)
+
+
 def add_export_parser(commands: Any) -> None:
     from mnist_cnn.export.plan import FORMATS
 
@@ -353,7 +405,7 @@ def add_export_parser(commands: Any) -> None:
         help="a run's models as ONNX, TensorFlow SavedModel or LiteRT files, each checked against Keras on test "
         "images; or web: the draw-a-digit page with its models, for any static web host",
     )
-    export.add_argument("run_dir", type=Path, help="a run folder written by experiment or train")
+    add_run_arguments(export)
     export.add_argument("--format", required=True, choices=[*FORMATS, "web"], help="the format to write")
     export.add_argument(
         "--models",
@@ -363,7 +415,11 @@ def add_export_parser(commands: Any) -> None:
         help="the run's models to export, comma-separated keys such as A,B (default: every trained model of the run)",
     )
     export.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="folder to write (default: RUN_DIR/exports/FORMAT)"
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder to write (default: RUN_DIR/exports/FORMAT; for the bundled run, exports/FORMAT here)",
     )
 
 
@@ -656,6 +712,9 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+# Commands that use one run's trained models: the one given, else the bundled run (resolve_run).
+COMMANDS_WITH_A_RUN = ("evaluate", "predict", "serve", "export")
+
 # Commands that load no Keras model: no backend to choose, and no Keras, JAX or TensorFlow imported.
 COMMANDS_WITHOUT_KERAS = ("variants", "publish")
 
@@ -803,7 +862,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop_on_sigterm)
+        if args.command in COMMANDS_WITH_A_RUN:
+            resolve_run(args)
         PRECHECKS[args.command](args)  # Every value, path and port: one line now, not after Keras loads.
+        if getattr(args, "bundled", False):  # Said once the command is known to go ahead.
+            print(f"mnist-cnn: using {BUNDLED_RUN_TEXT} (--run RUN_DIR for your own)", file=sys.stderr, flush=True)
         if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
         backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))

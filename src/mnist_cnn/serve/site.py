@@ -29,8 +29,10 @@ from mnist_cnn.core.text import say
 from mnist_cnn.serve.icon import favicon_png
 from mnist_cnn.store.runs import RunFolder
 
-# Where onnxruntime-web's files are: npm's folder in this checkout, or this variable's folder.
+# Where onnxruntime-web's files are: this variable's folder when set; else the package's own copy
+# (a wheel carries one, put there at build time by setup.py); else npm's folder in this checkout.
 RUNTIME_ENVIRONMENT = "MNIST_CNN_ORT_DIST"
+PACKAGED_RUNTIME_FOLDER = Path(__file__).resolve().parent / "web" / "ort"
 CHECKOUT = Path(__file__).resolve().parents[3]
 DEFAULT_RUNTIME_FOLDER = CHECKOUT / "node_modules" / "onnxruntime-web" / "dist"
 # The WebAssembly-only build of onnxruntime-web 1.30: the script the page loads, the Emscripten
@@ -53,8 +55,8 @@ FAVICON = "favicon.ico"
 def runtime_folder() -> Path | None:
     """onnxruntime-web's ``dist`` folder when it holds every file the page loads, else None."""
     configured = os.environ.get(RUNTIME_ENVIRONMENT)
-    folder = Path(configured) if configured else DEFAULT_RUNTIME_FOLDER
-    return folder if all((folder / name).is_file() for name in RUNTIME_FILES) else None
+    folders = [Path(configured)] if configured else [PACKAGED_RUNTIME_FOLDER, DEFAULT_RUNTIME_FOLDER]
+    return next((folder for folder in folders if all((folder / name).is_file() for name in RUNTIME_FILES)), None)
 
 
 def onnx_exports(run: RunFolder) -> dict[str, Path]:

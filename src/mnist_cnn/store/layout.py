@@ -41,6 +41,8 @@ SWEEP_FIGURES = {
     "cost": "accuracy-cost.png",
 }
 SEED_FOLDER_PREFIX = "seed-"
+# The bundled run (store/bundled.py): the sha256 of each of its files, as `sha256sum` lists them.
+CHECKSUMS_FILE = "SHA256SUMS"
 # `mnist-cnn export`: exports/<format>/ holds one artifact per model, named after the model
 # (Model_A.onnx, Model_A_saved_model/, Model_A.tflite), and manifest.json, written last;
 # exports/web/ the draw-a-digit page as a static site (export --format web).
