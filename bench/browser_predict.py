@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from bench_helpers import free_port
 from mnist_cnn.core.environment import cpu_description
 from mnist_cnn.core.errors import UserError
 from mnist_cnn.serve.site import runtime_folder, write_site
@@ -40,14 +41,6 @@ PATHS = [
     [(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)],
 ]
 SEGMENTS_PER_PATH = 20
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def percentile(values: list[float], share: float) -> float:

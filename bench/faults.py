@@ -34,16 +34,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from bench_helpers import digit_png, free_port
+
 SERVER_CORE = 0
-
-
-def digit_png() -> bytes:
-    """A small drawn digit (a vertical bar: a 1), as a PNG."""
-    image = Image.new("L", (64, 64), 0)
-    image.paste(255, (28, 8, 36, 56))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def address(url: str) -> tuple[str, int]:
@@ -303,12 +296,6 @@ def connection_cases(url: str) -> list[dict[str, Any]]:
         received, waited = read_until_closed(connection, 10)
     cases.append({"case": "HTTP/0.9", "handled": b" 400 " in received[:13], "detail": f"answered in {waited:.2f} s"})
     return cases
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main() -> None:

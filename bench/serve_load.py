@@ -30,7 +30,6 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench_helpers import free_port
 from mnist_cnn.core.environment import cpu_description
 
 CLIENT_LEVELS = (1, 4, 16, 64)
@@ -74,12 +74,6 @@ def digit_bodies(count: int = 64) -> list[tuple[bytes, str]]:
         image.save(buffer, format=kind.upper())
         bodies.append((buffer.getvalue(), f"image/{kind}"))
     return bodies
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(run_dir: Path, options: list[str], source: Path | None = None) -> tuple[subprocess.Popen, str]:

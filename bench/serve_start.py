@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,25 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
+
+from bench_helpers import digit_png, free_port
 
 LIMIT_S = 600.0  # A start that is not ready by then is reported as such.
 POLL_S = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def digit_png() -> bytes:
-    """A drawn 1 (a vertical bar) as a PNG."""
-    image = Image.new("L", (64, 64), 0)
-    image.paste(255, (28, 8, 36, 56))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def lines_of(stream: io.TextIOBase, into: queue.Queue) -> None:

@@ -18,60 +18,20 @@ import argparse
 import json
 from pathlib import Path
 
-from mnist_cnn.core.config import ModelSpec
-from mnist_cnn.core.sweep_results import SweepStatistics
-
-
-def architecture(spec: ModelSpec) -> str:
-    """'32', '32, dropout 0.5' for the specification's family; the layers otherwise; then what the
-    variant sets beyond its network (its optimizer, augmentation)."""
-    if spec.layers:
-        text = " → ".join(spec.network().describe().split(" → ")[:-1])  # The Dense 10 readout is every network's.
-    else:
-        text = f"{spec.filters}" + (f", dropout {spec.dropout:g}" if spec.dropout else "")
-    extras = [f"{spec.optimizer} {spec.learning_rate:g}"] if spec.optimizer else []
-    extras += ["augmented"] if spec.augment else []
-    return text + (f" ({', '.join(extras)})" if extras else "")
+from mnist_cnn.report.study import study_header, study_rows
 
 
 def parameters(study: Path, seed: int, name: str) -> int:
     return json.loads((study / f"seed-{seed}" / name / "metrics.json").read_text())["parameters"]
 
 
-def points(value: float) -> str:
-    return f"{value * 100:+.2f}"
-
-
 def model_rows(study: Path, statistics: dict) -> list[str]:
-    specs = {spec.name: spec for spec in SweepStatistics.from_json(statistics).experiment.model_specs()}
-    baseline = statistics["baseline"]
-    comparisons = {comparison["second"]: comparison for comparison in statistics["comparisons"]}
-    first_seed = statistics["seeds_finished"][0]
-    rows = [
-        f"| model | network | parameters | test accuracy, mean [95 % CI] | − {baseline}, points [95 % CI] "
-        f"| Holm-adjusted p | s/epoch × {baseline}'s [95 % CI] |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, measures in statistics["models"].items():
-        accuracy = measures["test_accuracy"]
-        cells = [
-            name,
-            architecture(specs[name]),
-            f"{parameters(study, first_seed, name):,}",
-            f"{accuracy['mean'] * 100:.2f} % [{accuracy['ci_low'] * 100:.2f}, {accuracy['ci_high'] * 100:.2f}]",
-        ]
-        if name == baseline:
-            cells += ["(baseline)", "", "1"]
-        else:
-            difference = comparisons[name]["differences"]["test_accuracy"]
-            ratio = comparisons[name]["ratios"]["seconds_per_epoch_median"]
-            cells += [
-                f"{points(difference['mean'])} [{points(difference['ci_low'])}, {points(difference['ci_high'])}]",
-                f"{difference['holm_p']:.3g}",
-                f"{ratio['geometric_mean']:.2f}x [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]",
-            ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
+    """The study's table (mnist_cnn.report.study) as Markdown rows."""
+    seed = statistics["seeds_finished"][0]
+    counts = {name: parameters(study, seed, name) for name in statistics["models"]}
+    header = study_header(statistics)
+    rows = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    return rows + ["| " + " | ".join(cells) + " |" for cells in study_rows(statistics, counts)]
 
 
 def seed_rows(study: Path, statistics: dict) -> list[str]:

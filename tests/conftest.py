@@ -101,7 +101,10 @@ def bench_script(name: str) -> Any:
     package, and its scripts hold code the tests share (the probes, the invocations timed)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if str(bench) not in sys.path:  # As when run as `python bench/NAME.py`: bench_helpers imports.
+        sys.path.append(str(bench))
+    path = bench / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -232,55 +232,16 @@ def sweep_seeds(folder: str) -> Callable[[Source], str]:
     return write
 
 
-def architecture(name: str, variants: dict[str, dict], built_in: dict[str, int]) -> str:
-    """'32', '32, dropout 0.5' for the specification's family; the layers of a listed network."""
-    spec = variants.get(name)
-    if spec is None:
-        return str(built_in[name])
-    if spec.get("layers"):
-        return ", ".join(f"`{layer}`" for layer in spec["layers"])
-    dropout = f", dropout {spec['dropout']:g}" if spec.get("dropout") else ""
-    return f"{spec['filters']}{dropout}"
-
-
 def study_variants(source: Source) -> str:
-    """Per variant: filters, parameters, test accuracy, the paired difference to the baseline, time."""
+    """The study's table (mnist_cnn.report.study, which the README's table uses too)."""
+    from mnist_cnn.report.study import study_header, study_rows
+
     statistics = source.json("study/statistics.json")
-    variants = {spec["name"]: spec for spec in statistics["experiment"].get("variants", [])}
-    baseline = statistics["baseline"]
-    paired = {comparison["second"]: comparison for comparison in comparisons(statistics)}
     seed = statistics["seeds_finished"][0]
-    rows = []
-    for name, measures in statistics["models"].items():
-        metrics = source.json(f"study/seed-{seed}/{name}/metrics.json")
-        accuracy = measures["test_accuracy"]
-        cells = [
-            name,
-            architecture(name, variants, {"Model_A": 32, "Model_B": 64}),
-            f"{metrics['parameters']:,}",
-            f"{percent(accuracy['mean'])} [{accuracy['ci_low'] * 100:.2f}, {accuracy['ci_high'] * 100:.2f}]",
-        ]
-        if name == baseline:
-            cells += ["(baseline)", "", "1"]
-        else:
-            difference = paired[name]["differences"]["test_accuracy"]
-            time = paired[name]["ratios"]["seconds_per_epoch_median"]
-            cells += [
-                f"{points(difference['mean'])} [{points(difference['ci_low'])}, {points(difference['ci_high'])}]",
-                p_value(difference["holm_p"]),
-                f"{ratio(time['geometric_mean'])} [{time['ci_low']:.2f}, {time['ci_high']:.2f}]",
-            ]
-        rows.append(cells)
-    header = [
-        "model",
-        "filters",
-        "parameters",
-        "test accuracy, mean [95 % CI]",
-        f"− {baseline}, points [95 % CI]",
-        "Holm-adjusted p",
-        f"s/epoch × {baseline}'s [95 % CI]",
-    ]
-    return table(header, rows, "llrrrrr")
+    counts = {
+        name: source.json(f"study/seed-{seed}/{name}/metrics.json")["parameters"] for name in statistics["models"]
+    }
+    return table(study_header(statistics), study_rows(statistics, counts), "llrrrrr")
 
 
 # --- benchmarks: docs/*.json --------------------------------------------------------------------
