@@ -191,7 +191,9 @@ lock:
 	export CUSTOM_COMPILE_COMMAND="make lock" && \
 	"$$tools/bin/pip-compile" $(COMPILE_FLAGS) $(ARGS) -o requirements/runtime.txt pyproject.toml && \
 	"$$tools/bin/pip-compile" $(COMPILE_FLAGS) $(ARGS) --extra dev -c requirements/runtime.txt \
-		-o requirements/dev.txt pyproject.toml
+		-o requirements/dev.txt pyproject.toml && \
+	"$$tools/bin/pip-compile" $(COMPILE_FLAGS) $(ARGS) --extra gpu -c requirements/runtime.txt \
+		-o requirements/gpu.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) runs/smoke $(DOCS_OUT)

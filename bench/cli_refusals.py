@@ -52,6 +52,8 @@ def bad_invocations() -> list[list[str]]:
         ["experiment", "--learning-rate", "0"],
         ["experiment", "--batch-size", "0"],
         ["experiment", "--resume", "/nonexistent"],
+        ["experiment", "--device", "gpu"],
+        ["train", "--model", "A", "--device", "gpu", "--backend", "tensorflow"],
         ["compare", "--seeds", "0"],
         ["compare", "--workers", "0"],
         ["train", "--model", "Z"],

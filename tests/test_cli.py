@@ -1,6 +1,7 @@
 """The command line as a user runs it: the smoke experiment, evaluate, predict, bad input, bugs."""
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -387,3 +388,38 @@ def test_a_damaged_run_config_names_its_file_once(tmp_path: Path) -> None:
         result = cli(*arguments)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.count(str(run / "config.json")) == 1, result.stderr
+
+
+def test_a_gpu_jax_cannot_see_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """JAX's CUDA plugin installed, but no GPU to use (a driver missing, a CPU machine): after the
+    backend loads, one line and exit 2, and no run folder."""
+    import jax
+
+    from mnist_cnn.core import environment
+
+    jax.devices()  # This process's JAX started on the CPU before --device gpu sets $JAX_PLATFORMS.
+    monkeypatch.setattr(environment, "package_installed", lambda name: True)
+    monkeypatch.setenv("JAX_PLATFORMS", "")  # Recorded, so what --device sets is undone after the test.
+    result = cli("experiment", "--device", "gpu", "--limit", "300", "--epochs", "1", "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "--device gpu: JAX sees no GPU on this machine (its driver or CUDA); use --device cpu" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_device_that_trained_is_recorded_and_reported(smoke_run: Path) -> None:
+    record = json.loads((smoke_run / "config.json").read_text())
+    assert record["environment"]["device"] == "cpu"  # This machine has no GPU (CI's neither).
+    assert "<tr><td>trained on</td><td>cpu</td></tr>" in (smoke_run / "report.html").read_text()
+
+
+def test_device_cpu_keeps_jax_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_cnn.core.environment import select_device
+
+    monkeypatch.setenv("JAX_PLATFORMS", "")  # Recorded, so the test's changes are undone after it.
+    select_device("auto")
+    assert os.environ["JAX_PLATFORMS"] == ""  # Left alone: JAX chooses, a GPU when it sees one.
+    select_device("cpu")
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    select_device("gpu")
+    assert os.environ["JAX_PLATFORMS"] == "cuda"

@@ -93,6 +93,8 @@ def test_the_refusals_say_what_is_wrong(refusals: dict[str, dict]) -> None:
         "serve /etc/passwd": "/etc/passwd is not a folder",
         "experiment --epochs 0": "epochs must be a whole number of at least 1",
         "compare --seeds 0": "no seeds",
+        "experiment --device gpu": "this installation's JAX has no GPU support",
+        "train --model A --device gpu --backend tensorflow": "--device gpu trains on the jax backend, not tensorflow",
         "train --model Z": "unknown model 'Z'",
         "evaluate /nonexistent": "run folder /nonexistent does not exist",
         "predict /nonexistent-run x.png": "run folder /nonexistent-run does not exist",

@@ -134,3 +134,12 @@ def test_the_cpu_is_named_with_its_family_and_model_so_two_generations_of_one_na
     zen_4 = ZEN_5_CPUINFO.replace("26", "25").replace("model\t\t: 2\n", "model\t\t: 17\n")
     assert environment.cpu_model(zen_4) == "AMD EPYC (family 25, model 17)"
     assert environment.cpu_model("model name\t: Some ARM core\n") == "Some ARM core"  # No numbers: the name alone.
+
+
+def test_the_gpu_lock_is_the_runtime_lock_plus_jaxs_cuda_plugin_at_jaxs_version() -> None:
+    runtime = pins(REQUIREMENTS / "runtime.txt")
+    gpu = pins(REQUIREMENTS / "gpu.txt")
+    assert gpu["jax-cuda12-plugin"] == gpu["jax-cuda12-pjrt"] == runtime["jax"] == runtime["jaxlib"]
+    assert any(name.startswith("nvidia-") for name in gpu)  # The CUDA libraries come with it.
+    differing = {name: (version, gpu.get(name)) for name, version in runtime.items() if gpu.get(name) != version}
+    assert differing == {}, f"runtime pins missing from the gpu lock or at another version: {differing}"

@@ -23,6 +23,7 @@ from mnist_cnn.core.config import (
     DEFAULT_CPUS_PER_TRIAL,
     DEFAULT_TRACKING_EXPERIMENT,
     DEFAULT_TRACKING_URI,
+    DEVICES,
     MODEL_VARIANTS,
     OPTIMIZERS,
     POLARITIES,
@@ -84,6 +85,13 @@ def add_training_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> 
             "--out", type=Path, default=None, help="sweep folder to write (default: runs/compare-<timestamp>)"
         )
     else:
+        parser.add_argument(
+            "--device",
+            choices=DEVICES,
+            default="auto",
+            help="where JAX trains: auto (a GPU when JAX sees one, else the CPU), cpu, or gpu (refused where "
+            "JAX sees none) (default: %(default)s)",
+        )
         parser.add_argument(
             "--seed",
             type=int,
@@ -764,8 +772,10 @@ def command_export_web(args: argparse.Namespace) -> int:
 
 
 def check_experiment_flags(args: argparse.Namespace) -> None:
+    from mnist_cnn.core.environment import check_device
     from mnist_cnn.store.runs import RunFolder
 
+    check_device(args.device, args.backend)
     if args.resume is not None:
         RunFolder.existing(args.resume).config()
     else:
@@ -856,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        from mnist_cnn.core.environment import select_backend
+        from mnist_cnn.core.environment import require_device, select_backend, select_device
 
         # Ctrl-C and `kill` stop a run cleanly, even when started from a shell that
         # ignores SIGINT for background jobs (the handler would otherwise be inherited off).
@@ -869,7 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mnist-cnn: using {BUNDLED_RUN_TEXT} (--run RUN_DIR for your own)", file=sys.stderr, flush=True)
         if args.command == "export":  # It chooses its own backend: TensorFlow, the one that exports well.
             return command_export(args)
+        device = getattr(args, "device", "auto")
+        select_device(device)
         backend = None if runs_without_keras(args) else select_backend(args.backend or resumed_backend(args))
+        require_device(device)
         return COMMANDS[args.command](args, backend)
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)

@@ -19,6 +19,8 @@ from mnist_cnn.core.network import INPUT_SHAPE, Network, family_layers, parse_ne
 # (2-core CPU): see README "Choosing the Keras backend" and docs/performance.md.
 DEFAULT_BACKEND = "jax"
 BACKENDS = ("tensorflow", "jax", "torch")
+# Where training runs (--device; core.environment checks and selects it): a GPU JAX sees, else the CPU.
+DEVICES = ("auto", "cpu", "gpu")
 # adadelta: pytorch/examples' mnist optimizer (examples/anchors.toml).
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adadelta")
 # "fused": the compiled JAX training step of fused.py (JAX backend only); "keras": model.fit;

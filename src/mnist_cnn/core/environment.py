@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
-from mnist_cnn.core.config import BACKENDS, DEFAULT_BACKEND
+from mnist_cnn.core.config import BACKENDS, DEFAULT_BACKEND, DEVICES
 from mnist_cnn.core.errors import ConfigError
 
 # What TensorFlow writes straight to the stderr file descriptor when it loads, whatever
@@ -75,6 +75,63 @@ def select_backend(backend: str | None = None) -> str:
     # it here, quietly, means no command prints a line that is not mnist-cnn's own.
     import_tensorflow_quietly()
     return chosen
+
+
+# --device (core.config.DEVICES): where JAX trains. JAX's GPU support is a plugin package beside
+# jaxlib, which the `gpu` extra installs (jax[cuda12]); without it JAX only ever sees the CPU.
+JAX_GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}  # $JAX_PLATFORMS for each device ("auto": JAX's own choice).
+
+
+def check_device(device: str, backend: str | None) -> None:
+    """``--device``, checked before anything loads: gpu needs the JAX backend and JAX's CUDA plugin."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}: choose from {', '.join(DEVICES)}")
+    if device != "gpu":
+        return
+    chosen = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    if chosen != "jax":
+        raise ConfigError(
+            f"--device gpu trains on the jax backend, not {chosen}: leave out --backend or use --device cpu"
+        )
+    if not any(package_installed(plugin) for plugin in JAX_GPU_PLUGINS):
+        raise ConfigError(
+            "--device gpu: this installation's JAX has no GPU support (no CUDA plugin); on a machine with an "
+            "NVIDIA GPU, pip install -e '.[gpu]', else use --device cpu"
+        )
+
+
+def select_device(device: str) -> None:
+    """Before JAX loads: cpu keeps JAX off any accelerator, gpu asks it for CUDA (require_device checks)."""
+    if device in JAX_PLATFORMS:
+        os.environ["JAX_PLATFORMS"] = JAX_PLATFORMS[device]
+
+
+def require_device(device: str) -> None:
+    """Once the backend has loaded: ``--device gpu`` where JAX sees no GPU is one line, not a traceback."""
+    if device != "gpu":
+        return
+    import jax
+
+    try:
+        found = any(device.platform == "gpu" for device in jax.devices())
+    except (RuntimeError, AssertionError):  # JAX could not start the CUDA platform it was asked for
+        found = False  # (a RuntimeError, or in jax 0.10 a bare assertion when no CUDA plugin registered).
+    if not found:
+        raise ConfigError("--device gpu: JAX sees no GPU on this machine (its driver or CUDA); use --device cpu")
+
+
+def training_device() -> str:
+    """What trains on this backend: 'cpu', or the accelerator's name ('NVIDIA H200')."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        first = jax.devices()[0]
+        return "cpu" if first.platform == "cpu" else first.device_kind
+    found = accelerators()
+    return found[0] if found else "cpu"
 
 
 def import_tensorflow_quietly() -> None:
@@ -223,5 +280,6 @@ def describe_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_gib": memory_gib(),
         "accelerators": accelerators(),
+        "device": training_device(),
         "libraries": {name: version for name, version in libraries.items() if version},
     }
