@@ -116,9 +116,16 @@ def path_sha256(path: Path) -> str:
     """
     if path.is_file():
         return file_sha256(path)
-    relative = sorted(file.relative_to(path).as_posix() for file in path.rglob("*") if file.is_file())
-    listing = "".join(f"{file_sha256(path / name)}  {name}\n" for name in relative)
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return hashlib.sha256(sha256_listing(path).encode("utf-8")).hexdigest()
+
+
+def sha256_listing(folder: Path, leave_out: str | None = None) -> str:
+    """``sha256sum``'s listing of every file under ``folder`` (but one named ``leave_out``):
+    ``<hex digest>  <relative POSIX path>`` lines, sorted by path."""
+    relative = sorted(
+        file.relative_to(folder).as_posix() for file in folder.rglob("*") if file.is_file() and file.name != leave_out
+    )
+    return "".join(f"{file_sha256(folder / name)}  {name}\n" for name in relative)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mnist_cnn.core.errors import RunFolderError
-from mnist_cnn.core.files import file_sha256
+from mnist_cnn.core.files import sha256_listing
 from mnist_cnn.store.layout import (
     CHECKPOINT_FILE,
     CHECKSUMS_FILE,
@@ -46,21 +46,16 @@ def bundled_run() -> Path:
     return BUNDLED_RUN
 
 
-def listed_files(folder: Path) -> list[str]:
-    """Every file of ``folder`` but SHA256SUMS itself, as sorted POSIX paths relative to it."""
-    return sorted(
-        path.relative_to(folder).as_posix()
-        for path in folder.rglob("*")
-        if path.is_file() and path.name != CHECKSUMS_FILE
-    )
-
-
 def write_checksums(folder: Path) -> Path:
     """SHA256SUMS: ``<sha256>  <relative path>`` for each file, as ``sha256sum`` writes it."""
-    lines = [f"{file_sha256(folder / name)}  {name}\n" for name in listed_files(folder)]
     path = folder / CHECKSUMS_FILE
-    path.write_text("".join(lines), encoding="utf-8")
+    path.write_text(sha256_listing(folder, leave_out=CHECKSUMS_FILE), encoding="utf-8")
     return path
+
+
+def parsed_listing(text: str) -> dict[str, str]:
+    """A ``sha256sum`` listing as {relative path: digest}."""
+    return {name: digest for digest, _, name in (line.partition("  ") for line in text.splitlines())}
 
 
 def checksum_problems(folder: Path) -> list[str]:
@@ -68,17 +63,15 @@ def checksum_problems(folder: Path) -> list[str]:
     listing = folder / CHECKSUMS_FILE
     if not listing.is_file():
         return [f"{listing} is missing"]
-    expected = {}
-    for line in listing.read_text(encoding="utf-8").splitlines():
-        digest, _, name = line.partition("  ")
-        expected[name] = digest
-    problems = [f"{name}: listed in {CHECKSUMS_FILE} but missing" for name in expected if not (folder / name).is_file()]
+    expected = parsed_listing(listing.read_text(encoding="utf-8"))
+    actual = parsed_listing(sha256_listing(folder, leave_out=CHECKSUMS_FILE))
+    problems = [f"{name}: listed in {CHECKSUMS_FILE} but missing" for name in expected if name not in actual]
     problems += [
         f"{name}: its sha256 differs from {CHECKSUMS_FILE}"
         for name, digest in expected.items()
-        if (folder / name).is_file() and file_sha256(folder / name) != digest
+        if name in actual and actual[name] != digest
     ]
-    problems += [f"{name}: not listed in {CHECKSUMS_FILE}" for name in listed_files(folder) if name not in expected]
+    problems += [f"{name}: not listed in {CHECKSUMS_FILE}" for name in actual if name not in expected]
     return problems
 
 

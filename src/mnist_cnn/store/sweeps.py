@@ -25,6 +25,13 @@ from mnist_cnn.store.lock import RunLock
 from mnist_cnn.store.runs import RunFolder, content_identity, fresh_path
 
 
+def copy_folder_files(source: Path, destination: Path) -> None:
+    """The files directly in ``source`` (not its folders, not a lock) into ``destination``."""
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name != LOCK_FILE:
+            shutil.copy2(path, destination / path.name)
+
+
 @dataclasses.dataclass(frozen=True)
 class PublishedSeeds:
     """What ``publish`` copied: the finished seeds, and each unfinished seed's finished models."""
@@ -164,18 +171,14 @@ class SweepFolder:
         leave_out = shutil.ignore_patterns(MODEL_FILE, CHECKPOINT_FILE, LOCK_FILE)
         try:
             staging.mkdir(parents=True)
-            for path in sorted(self.path.iterdir()):
-                if path.is_file() and path.name != LOCK_FILE:
-                    shutil.copy2(path, staging / path.name)
+            copy_folder_files(self.path, staging)
             for seed in seeds:
                 shutil.copytree(self.seed_run(seed).path, staging / self.seed_run(seed).path.name, ignore=leave_out)
             for seed, names in partial.items():  # The run's own files, and only its finished models.
                 run = self.seed_run(seed)
                 copied = staging / run.path.name
                 copied.mkdir()
-                for path in sorted(run.path.iterdir()):
-                    if path.is_file() and path.name != LOCK_FILE:
-                        shutil.copy2(path, copied / path.name)
+                copy_folder_files(run.path, copied)
                 for name in names:
                     shutil.copytree(run.model(name).path, copied / name, ignore=leave_out)
             replaced = destination.with_name(f".{destination.name}.replaced")
