@@ -35,7 +35,8 @@ def test_the_bundled_models_score_the_test_accuracy_they_record() -> None:
     assert evaluation.test_images == 10_000
     for folder in RunFolder(BUNDLED_RUN).trained_model_folders():
         recorded = folder.read_metrics()
-        assert evaluation.results[folder.name]["test_accuracy"] == pytest.approx(recorded.test_accuracy, abs=1e-9)
+        # Another CPU's kernels round differently: at most a near-tie image or two may change its digit.
+        assert evaluation.results[folder.name]["test_accuracy"] == pytest.approx(recorded.test_accuracy, abs=2e-4)
         assert recorded.test_accuracy > 0.98
 
 
